@@ -1,0 +1,4 @@
+"""Lightning callbacks: thin adapters that turn pure measurements into logged metrics."""
+from widthlab.callbacks.overlap import OverlapMonitor
+
+__all__ = ["OverlapMonitor"]
