@@ -1,0 +1,84 @@
+"""RunRecorder: every run directory archives what produced it (env.json) and what it achieved (metrics.json)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import lightning as L
+import torch
+
+import widthlab
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def _git_commit() -> str | None:
+    try:
+        here = os.path.dirname(os.path.abspath(widthlab.__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    return {"widthlab": widthlab.__version__, "git_commit": _git_commit(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "lightning": L.__version__, "platform": platform.platform(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(), "argv": sys.argv}
+
+
+class RunRecorder(L.Callback):
+    """Writes env.json at fit start and metrics.json (a flat summary: one results.csv row) at fit end."""
+
+    def __init__(self):
+        self._t0 = 0.0
+        self._start_step = 0
+        self._losses: list[float] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        self._t0, self._start_step = time.time(), trainer.global_step
+        if trainer.is_global_zero and trainer.log_dir:
+            os.makedirs(trainer.log_dir, exist_ok=True)
+            write_json_atomic(os.path.join(trainer.log_dir, "env.json"), environment())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Keep the last ~50 micro-batch losses for a train loss comparable to val (host sync is cheap on CPU
+        # and happens only when Lightning already synced for the progress bar on GPU).
+        if batch_idx % 10 == 0 and outputs is not None:
+            self._losses = (self._losses + [float(outputs["ce"])])[-50:]
+
+    def on_fit_end(self, trainer, pl_module):
+        if not trainer.is_global_zero or not trainer.log_dir:
+            return
+        dm = trainer.datamodule
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}
+        tokens = trainer.global_step * pl_module.tokens_per_step
+        row = {
+            "d_model": pl_module.cfg.d_model, "n_layer": pl_module.cfg.n_layer, "seq_len": pl_module.cfg.seq_len,
+            "vocab_size": pl_module.cfg.real_vocab_size, "data_source": getattr(dm, "source", None),
+            "seed": getattr(dm, "seed", None), "steps": trainer.global_step, "tokens": tokens,
+            "epochs": tokens / dm.split_stats("train")["tokens"] if hasattr(dm, "split_stats") else None,
+            "params": pl_module.model.num_params(), "params_nonembed": pl_module.model.num_params(True),
+            "flops_per_token": pl_module.flops_per_token, "flops": pl_module.flops_per_token * tokens,
+            "tokens_per_param": tokens / pl_module.model.num_params(),
+            "train_loss": sum(self._losses) / len(self._losses) if self._losses else None,
+            "val_loss": m.get("val/loss"), "val_bpb": m.get("val/bpb"), "val_word_ppl": m.get("val/word_ppl"),
+            "tokens_per_sec": m.get("perf/tokens_per_sec"), "mfu": m.get("perf/mfu"),
+            "wall_s": time.time() - self._t0, "interventions": pl_module.hparams.get("intervention_names", []),
+        }
+        for cb in trainer.callbacks:  # final geometry from the overlap monitor, if one is attached
+            for tag, v in getattr(cb, "latest", {}).items():
+                if tag.startswith("geometry/"):
+                    row["geom_" + tag[len("geometry/"):].replace("/", "_")] = v
+        write_json_atomic(os.path.join(trainer.log_dir, "metrics.json"), row)

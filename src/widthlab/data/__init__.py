@@ -1,0 +1,3 @@
+from widthlab.data.datamodule import TokenDataModule
+
+__all__ = ["TokenDataModule"]

@@ -1,0 +1,82 @@
+"""LightningCLI wiring: fit / validate / test with YAML recipes.
+
+A run lives in one directory, `trainer.default_root_dir` (e.g. runs/smoke): TensorBoard events, config.yaml,
+env.json, metrics.json and checkpoints/{last,best}.ckpt. `fit --ckpt_path last` resumes it exactly.
+"""
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from widthlab import WidthlabError
+try:  # TEMP until the overlap monitor lands
+    from widthlab.callbacks.overlap import OverlapMonitor
+except ImportError:
+    OverlapMonitor = None
+from widthlab.callbacks.perf import PerfMonitor
+from widthlab.callbacks.run_info import RunRecorder
+from widthlab.data import TokenDataModule
+from widthlab.module import LitGPT
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+class WidthlabCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # n and the context come from the data: the tokenizer decides how many rows E and U need.
+        parser.link_arguments("data.model_vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.real_vocab_size", "model.real_vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.seq_len", "model.seq_len", apply_on="parse")
+        if OverlapMonitor is not None:
+            parser.add_lightning_class_args(OverlapMonitor, "overlap")
+        parser.add_lightning_class_args(PerfMonitor, "perf")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val/loss",
+                             "checkpoint.filename": "best", "checkpoint.save_top_k": 1, "checkpoint.mode": "min",
+                             "checkpoint.auto_insert_metric_name": False})
+
+    def instantiate_trainer(self, **kwargs):
+        root = self._get(self.config_init, "trainer.default_root_dir") or "runs/default"
+        if kwargs.get("logger") in (None, True) and self._get(self.config_init, "trainer.logger") in (None, True):
+            kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="", default_hp_metric=False)
+        if self._get(self.config_init, "trainer.precision") is None and _cuda():
+            kwargs["precision"] = "bf16-mixed"  # the GPU fast path; CPU stays fp32
+        # Keep the recipe's own callbacks (a kwarg would replace them) and add the run recorder.
+        kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [RunRecorder()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _ckpt_defaults(self) -> None:
+        sub = self.config_init[self.subcommand]
+        if sub.get("weights_only") is None:
+            sub["weights_only"] = True  # checkpoints hold tensors and plain types only
+
+    def before_fit(self) -> None:
+        self._ckpt_defaults()
+        sub = self.config_init["fit"]
+        last = os.path.join(self.trainer.default_root_dir, "checkpoints", "last.ckpt")
+        if sub.get("ckpt_path") is None and os.path.exists(last):
+            raise WidthlabError(f"{self.trainer.default_root_dir} already holds a run; resume it with "
+                                "--ckpt_path last, or start a new one with --trainer.default_root_dir runs/<new name>")
+        if sub.get("ckpt_path") == "last" and not os.path.exists(last):
+            raise WidthlabError(f"nothing to resume: {last} does not exist; drop --ckpt_path to start the run")
+
+    def before_validate(self) -> None:
+        self._ckpt_defaults()
+
+    def before_test(self) -> None:
+        self._ckpt_defaults()
+
+
+def run_lightning_cli(argv: list[str]) -> WidthlabCLI:
+    return WidthlabCLI(
+        LitGPT, TokenDataModule, args=argv, seed_everything_default=1337,
+        save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"},
+        trainer_defaults={"use_distributed_sampler": False,  # our samplers shard by rank themselves
+                          "default_root_dir": "runs/default", "log_every_n_steps": 10},
+    )

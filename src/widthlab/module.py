@@ -1,0 +1,181 @@
+"""The LightningModule: one training loop for every width and every arm of a sweep.
+
+Loss is next-token cross-entropy plus any intervention terms; the optimizer is AdamW with parameter groups
+(hidden matrices, embedding, head, vectors) whose learning rates follow μP when `mup_base_d_model` is set;
+the schedule is linear warmup then cosine decay to `min_lr_ratio · lr`.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from widthlab import WidthlabError
+from widthlab.interventions.base import Intervention
+from widthlab.metrics import TokenNLL, derived
+from widthlab.model import GPT, ModelConfig
+
+
+class LitGPT(L.LightningModule):
+    def __init__(self, d_model: int = 64, n_layer: int = 2, head_dim: int = 32, mlp_ratio: int = 4,
+                 dropout: float = 0.0, tie_embeddings: bool = False, init_std: float = 0.02,
+                 mup_base_d_model: int | None = None, vocab_size: int = 4096, real_vocab_size: int | None = None,
+                 seq_len: int = 128, lr: float = 3e-3, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 50, min_lr_ratio: float = 0.1,
+                 compile: bool = False,
+                 interventions: list[Intervention] | None = None):
+        """
+        Args:
+            d_model: width m, the dial of a width sweep
+            n_layer: transformer blocks (fixed across a sweep)
+            head_dim: attention head size (fixed across a sweep; n_head = d_model / head_dim)
+            mlp_ratio: MLP hidden size / d_model
+            dropout: dropout on residual branches, attention and embeddings
+            tie_embeddings: share E and U
+            init_std: std of the normal init (μP scales hidden matrices by 1/sqrt(width_mult))
+            mup_base_d_model: enable μP with this base width (None = standard parametrisation)
+            vocab_size: rows of E/U (linked from the data: tokenizer size rounded up)
+            real_vocab_size: tokens the tokenizer can emit (linked from the data)
+            seq_len: context length (linked from the data)
+            lr: peak learning rate (of the base width under μP)
+            weight_decay: AdamW decoupled decay on matrices
+            betas: AdamW betas
+            warmup_steps: linear warmup steps
+            min_lr_ratio: final LR as a fraction of the peak (cosine decay over trainer.max_steps)
+            compile: torch.compile the model's forward (pays on GPU; off for CPU smoke runs)
+            interventions: packing ideas (class_path/init_args), see widthlab.interventions
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["interventions"])
+        self.interventions = list(interventions or [])
+        # Recorded as plain strings so checkpoints stay loadable with weights_only=True.
+        self.hparams["intervention_names"] = [repr(iv) for iv in self.interventions]
+        self.cfg = ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, head_dim=head_dim,
+                               seq_len=seq_len, mlp_ratio=mlp_ratio, dropout=dropout, tie_embeddings=tie_embeddings,
+                               init_std=init_std, mup_base_d_model=mup_base_d_model, real_vocab_size=real_vocab_size)
+        self.model = GPT(self.cfg, self.interventions)
+        self._fwd = torch.compile(self.model) if compile else self.model  # shares parameters, keeps state_dict keys
+        self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
+        self.register_buffer("buckets", torch.full((vocab_size,), 9, dtype=torch.long), persistent=False)
+
+    # --- bookkeeping -----------------------------------------------------------------------------------
+    @property
+    def flops_per_token(self) -> int:
+        return self.model.flops_per_token()
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.trainer
+        return self.cfg.seq_len * t.datamodule.batch_size * t.accumulate_grad_batches * t.world_size
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "token_decile"):
+            self.buckets = dm.token_decile().to(self.device)
+        if dm is not None and hasattr(dm, "unigram"):
+            for iv in self.interventions:
+                if hasattr(iv, "set_unigram"):
+                    iv.set_unigram(dm.unigram)
+
+    # --- training ------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._fwd(idx)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits, hidden = self(x)
+        loss = ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        for iv in self.interventions:
+            for name, term in iv.extra_loss(self.model, logits, hidden, y).items():
+                self.log(f"train/{name}", term)
+                loss = loss + term
+        self.log("train/loss", ce, prog_bar=True)  # the loss a baseline and any arm can be compared on
+        self.log("lr", self.lr_schedulers().get_last_lr()[0] if self.trainer.lr_scheduler_configs else self.hparams.lr)
+        return {"loss": loss, "ce": ce.detach()}
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        with torch.no_grad():
+            for iv in self.interventions:
+                iv.after_step(self.model)
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def _eval_step(self, batch, metric: TokenNLL) -> None:
+        x, y = batch
+        logits, _ = self(x)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
+        keep = y.flatten() != -100
+        metric.update(nll[keep], y.flatten()[keep], self.buckets)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_nll)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_nll)
+
+    def _log_eval(self, metric: TokenNLL, prefix: str, split: str) -> None:
+        out = metric.compute()
+        metric.reset()
+        loss = float(out["loss"])
+        logs = {f"{prefix}/loss": loss}
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "split_stats"):
+            st = dm.split_stats(split)
+            logs.update({f"{prefix}/{k}": v for k, v in derived(loss, st["bytes_per_token"],
+                                                                 st["words_per_token"]).items()})
+        for k, v in enumerate(out["bucket_loss"].tolist()):
+            logs[f"{prefix}/loss_decile/{k}"] = v
+        self.log_dict(logs, sync_dist=False)  # already reduced across ranks by the Metric
+
+    def on_validation_epoch_end(self):
+        self._log_eval(self.val_nll, "val", "valid")
+
+    def on_test_epoch_end(self):
+        self._log_eval(self.test_nll, "test", "test")
+
+    # --- optimizer -----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp, wm = self.hparams, self.cfg.width_mult
+        named = dict(self.model.named_parameters())
+        embed_ids = {id(p) for m in self.model.embedding_modules() for p in m.parameters()}
+        head_ids = {id(p) for p in self.model.head.parameters()} - embed_ids
+        groups = {"hidden": [], "embed": [], "head": [], "vector": []}
+        for name, p in named.items():
+            if id(p) in embed_ids:
+                groups["embed"].append(p)
+            elif p.dim() < 2:
+                groups["vector"].append(p)
+            elif id(p) in head_ids:
+                groups["head"].append(p)
+            else:
+                groups["hidden"].append(p)
+        # μP (Adam): hidden matrices' LR shrinks as 1/width_mult; embeddings, head (whose logits carry the
+        # 1/width_mult multiplier) and vectors keep the base LR.
+        spec = [{"name": "hidden", "params": groups["hidden"], "lr": hp.lr / wm, "weight_decay": hp.weight_decay},
+                {"name": "embed", "params": groups["embed"], "lr": hp.lr, "weight_decay": hp.weight_decay},
+                {"name": "head", "params": groups["head"], "lr": hp.lr, "weight_decay": hp.weight_decay},
+                {"name": "vector", "params": groups["vector"], "lr": hp.lr, "weight_decay": 0.0}]
+        for iv in self.interventions:
+            spec = iv.param_groups(self.model, spec)
+        spec = [g for g in spec if g["params"]]
+        opt = torch.optim.AdamW(spec, betas=tuple(hp.betas), fused=self.device.type == "cuda")
+        total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches)
+
+        def schedule(step: int) -> float:
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            t = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        mine = self.state_dict()
+        for k, v in checkpoint.get("state_dict", {}).items():
+            if k in mine and tuple(mine[k].shape) != tuple(v.shape):
+                raise WidthlabError(f"the checkpoint's {k} has shape {tuple(v.shape)} but this recipe builds "
+                                    f"{tuple(mine[k].shape)}; resume with the checkpoint's own model settings "
+                                    "(its config.yaml) or start a new run directory")
