@@ -1,0 +1,140 @@
+"""Figures for `compare`: matplotlib's object API (no pyplot state, no display), saved as PNG and into TensorBoard.
+
+Every function takes plain arrays/dicts and returns a `Figure`; `save_png` and `log_to_tensorboard` do the I/O.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from widthlab.scaling.fit import ScalingBootstrap
+
+_MARKERS = "osD^v<>p*h"
+
+
+def _plain_y(ax) -> None:
+    """Losses span < 2×: '4.0' reads better than '4×10⁰' on a log axis."""
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _style(i: int) -> dict:
+    return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def loss_vs_width(m: np.ndarray, L: np.ndarray, arm: np.ndarray, boot: ScalingBootstrap, ci: float) -> Figure:
+    """Runs (small), cell means (large), fitted L(m) per arm and its bootstrap band; log-log axes."""
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    grid = np.geomspace(m.min() / 1.2, m.max() * 1.2, 100)
+    for i, a in enumerate(boot.fit.arms):
+        s, sel = _style(i), arm == a
+        ax.scatter(m[sel], L[sel], s=10, alpha=0.35, color=s["color"], marker=s["marker"])
+        ws = np.unique(m[sel])
+        ax.scatter(ws, [L[sel][m[sel] == w].mean() for w in ws], s=40, color=s["color"], marker=s["marker"],
+                   label=f"{a} (α={boot.fit.alpha[a]:.2f})")
+        ax.plot(grid, boot.fit.predict(grid, a), color=s["color"], lw=1.5)
+        A, al, E = boot.samples[f"A/{a}"], boot.samples[f"alpha/{a}"], boot.samples["E"]
+        ok = np.isfinite(A) & np.isfinite(al) & np.isfinite(E)
+        if ok.sum() >= 10:
+            curves = A[ok, None] * grid[None, :] ** -al[ok, None] + E[ok, None]
+            q = (1 - ci) / 2
+            ax.fill_between(grid, *np.quantile(curves, [q, 1 - q], axis=0), color=s["color"], alpha=0.15, lw=0)
+    ax.axhline(boot.fit.E, color="0.5", ls=":", lw=1, label=f"E = {boot.fit.E:.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="width m (d_model)", ylabel="val loss (nats/token)",
+           title=f"L = A·m^-α + E, {ci:.0%} bootstrap band")
+    _plain_y(ax)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, col: str) -> Figure:
+    """Mean cos² of normalised rows vs m per arm, its log-log fit, and a 1/m guide through the baseline."""
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    grid = np.geomspace(m.min() / 1.2, m.max() * 1.2, 50)
+    for i, a in enumerate(sorted(set(arm), key=lambda a: a not in fits)):
+        s, sel = _style(i), (arm == a) & np.isfinite(y)
+        f = fits.get(a)
+        label = a if f is None else f"{a} (slope {f.slope:.2f} [{f.ci[0]:.2f}, {f.ci[1]:.2f}])"
+        ax.scatter(m[sel], y[sel], s=18, color=s["color"], marker=s["marker"], label=label)
+        if f is not None:
+            ax.plot(grid, np.exp(f.intercept) * grid ** f.slope, color=s["color"], lw=1)
+    ok = np.isfinite(y) & (y > 0)
+    c = np.exp(np.mean(np.log(y[ok] * m[ok])))  # 1/m through the geometric centre of the points
+    ax.plot(grid, c / grid, color="k", ls="--", lw=1, label="∝ 1/m (random isotropic rows)")
+    ax.set(xscale="log", yscale="log", xlabel="width m", ylabel=col, title="overlap vs width")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def multiplier(boot: ScalingBootstrap) -> Figure:
+    """Pointwise k(m) per arm with CI error bars; the summary k as a horizontal line; 1 = no gain."""
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, a in enumerate(boot.fit.arms):
+        if a == boot.fit.baseline:
+            continue
+        s = _style(i)
+        keys = sorted((int(k.rsplit("/", 1)[1]), k) for k in boot.est if k.startswith(f"k_m/{a}/"))
+        ws = np.array([w for w, _ in keys], float)
+        k = np.array([boot.est[key] for _, key in keys])
+        lo = np.array([boot.ci[key][0] for _, key in keys])
+        hi = np.array([boot.ci[key][1] for _, key in keys])
+        with np.errstate(invalid="ignore"):
+            err = np.nan_to_num(np.vstack([k - lo, hi - k]), nan=0.0, posinf=0.0).clip(min=0)
+        ax.errorbar(ws, k, yerr=err, color=s["color"], marker=s["marker"], capsize=3, ls="none",
+                    label=f"{a}: k = {boot.est[f'k/{a}']:.3f}")
+        ax.axhline(boot.est[f"k/{a}"], color=s["color"], lw=1, alpha=0.6)
+    ax.axhline(1.0, color="k", ls="--", lw=1)
+    ax.set(xscale="log", xlabel="width m", ylabel="k(m) = m_eq / m", title="effective-width multiplier")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def curves(series: list[tuple[str, int, int, list[tuple[int, float]]]]) -> Figure:
+    """val/loss vs step, one line per run (arm, width, seed, points): colour by width, line style by arm."""
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    widths = sorted({w for _, w, _, _ in series})
+    arms = sorted({a for a, _, _, _ in series})
+    styles = ["-", "--", ":", "-."]
+    seen = set()
+    for a, w, _, pts in series:
+        steps, vals = zip(*pts)
+        label = f"{a} m={w}" if (a, w) not in seen else None
+        seen.add((a, w))
+        ax.plot(steps, vals, color=f"C{widths.index(w) % 10}", ls=styles[arms.index(a) % 4], lw=1, label=label)
+    ax.set(yscale="log", xlabel="step", ylabel="val/loss (nats/token)", title="validation loss per width")
+    _plain_y(ax)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Write atomically: a reader (or a crash) never sees half a PNG."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def log_to_tensorboard(figs: dict[str, Figure], logdir: Path) -> None:
+    """Figures as images under tag `compare/<name>`, so `tensorboard --logdir runs/` shows them."""
+    from torch.utils.tensorboard import SummaryWriter  # torch import is slow; only pay it here
+
+    writer = SummaryWriter(str(logdir))
+    try:
+        for name, fig in figs.items():
+            writer.add_figure(f"compare/{name}", fig, global_step=0, close=False)
+    finally:
+        writer.close()

@@ -1,0 +1,110 @@
+"""`compare` end to end on a synthetic sweep on disk: results.csv, metrics.json and TensorBoard events."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from widthlab import WidthlabError
+from widthlab.cli import main
+from widthlab.scaling.events import read_scalars
+from widthlab.scaling.report import compare
+
+WIDTHS, SEEDS = (32, 64, 128, 256), (0, 1)
+A, ALPHA, E, K = 30.0, 0.9, 3.0, 1.3          # the "packed" arm is the baseline at width K·m
+RECIPE = {"data_source": "ptb", "vocab_size": 4096, "n_layer": 2, "seq_len": 64}
+
+
+def make_sweep(root, recipe_of=lambda arm: RECIPE, drop_csv_col=None):
+    rng = np.random.default_rng(0)
+    rows = []
+    for arm, a_arm in (("baseline", A), ("packed", A * K ** -ALPHA)):
+        for w in WIDTHS:
+            for s in SEEDS:
+                loss = a_arm * w ** -ALPHA + E + rng.normal(0, 0.005)
+                params = 2 * 4096 * w + 24 * w * w
+                d = root / arm / f"d{w}" / f"s{s}"
+                d.mkdir(parents=True)
+                row = {"arm": arm, "d_model": w, "seed": s, "run_dir": str(d), "val_loss": loss,
+                       "train_loss": loss - 0.02, "tokens": 20 * params, "epochs": 2.0, "params": params,
+                       "params_nonembed": 24 * w * w, "flops_per_token": 6 * params,
+                       "flops": 6 * params * 20 * params, "tokens_per_param": 20.0,
+                       "geom_unembed_mean_cos2": 1.1 / w * np.exp(rng.normal(0, 0.02)), **recipe_of(arm)}
+                (d / "metrics.json").write_text(json.dumps(row))
+                writer = SummaryWriter(str(d))
+                for step in range(0, 50, 10):
+                    writer.add_scalar("val/loss", loss + 1.0 / (1 + step), step)
+                writer.add_scalar("geometry/embed/mean_cos2", 1.5 / w, 40)
+                writer.close()
+                if drop_csv_col:
+                    row.pop(drop_csv_col)
+                rows.append(row)
+    with open(root / "results.csv", "w", newline="") as f:
+        cols = sorted({k for r in rows for k in r})
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_compare_recovers_fit_and_writes_report(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", drop_csv_col="geom_unembed_mean_cos2")
+    res = compare(str(sweep), n_boot=60)
+    for name in ("report.md", "compare.json", "loss_vs_width.png", "overlap_vs_width.png", "multiplier.png",
+                 "curves.png"):
+        assert (sweep / name).stat().st_size > 0, name
+    assert abs(res["fit"]["alpha"]["est"] - ALPHA) < 0.1
+    k = res["k"]["packed"]
+    assert k["est"] > 1 and abs(k["est"] - K) < 0.05 and k["lo"] <= K <= k["hi"] + 0.02
+    # same FLOPs per token at each width, so k_C = (k·m)^2-cost / m^2-cost > 1 as well
+    assert res["k_C"]["packed"]["lo"] > 1 and res["verdict"]["packed"].startswith("beats the curve")
+    # embed overlap came only from the event files (the csv lacks geom_* here): slope ≈ −1
+    slope = res["overlap_slope"]["embed"]["baseline"]["slope"]
+    assert slope == pytest.approx(-1.0, abs=1e-6)
+    assert json.loads((sweep / "compare.json").read_text())["n_fit"] == 16
+    report = (sweep / "report.md").read_text()
+    assert "beats the curve" in report and "| packed | 64 |" in report
+
+    tb = [p.parent for p in (sweep / "tb_compare").rglob("events.out.tfevents.*")]
+    acc = EventAccumulator(str(tb[0]), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"compare/loss_vs_width", "compare/multiplier", "compare/curves"} <= set(acc.Tags()["images"])
+    # our own image logs must not leak into the scalar reader of the sweep
+    assert read_scalars(sweep / "baseline" / "d32" / "s0")["val/loss"][-1][0] == 40
+
+
+def test_cli_and_run_dirs(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "sweep")
+    out = tmp_path / "out"
+    main(["compare", str(sweep), "--n_boot", "20", "--out", str(out)])
+    assert (out / "report.md").exists() and "beats the curve" in capsys.readouterr().out
+    # run dirs (metrics.json) instead of results.csv, passed as a list
+    dirs = [str(p) for p in sorted(sweep.glob("*/d*/s*"))]
+    res = compare(dirs, n_boot=20, out=str(tmp_path / "out2"))
+    assert res["n_fit"] == 16 and res["k"]["packed"]["est"] > 1
+
+
+def test_data_limited_runs_are_flagged_and_excluded(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    with pytest.raises(WidthlabError, match="include_limited"):
+        compare(str(sweep), n_boot=10, max_epochs=1.0)  # every run "over-trained": no widths left
+    res = compare(str(sweep), n_boot=10, max_gap=0.01, include_limited=True)
+    assert res["n_fit"] == 16 and "gap" in (sweep / "report.md").read_text()
+
+
+def test_errors(tmp_path, capsys):
+    with pytest.raises(WidthlabError, match="no runs found"):
+        compare(str(tmp_path), n_boot=10)
+    sweep = make_sweep(tmp_path / "sweep")
+    with pytest.raises(WidthlabError, match="baseline arm 'nope' not found"):
+        compare(str(sweep), baseline="nope", n_boot=10)
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(sweep), "--baseline", "nope"])
+    assert e.value.code == 2 and "error: baseline arm" in capsys.readouterr().err
+    mixed = make_sweep(tmp_path / "mixed", recipe_of=lambda arm: {**RECIPE, "n_layer": 2 if arm == "baseline" else 4})
+    with pytest.raises(WidthlabError, match="n_layer"):
+        compare(str(mixed), n_boot=10)
+    with pytest.raises(WidthlabError, match="< 3 needed"):
+        compare(str(sweep), n_boot=10, min_width=128)
