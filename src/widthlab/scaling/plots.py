@@ -58,7 +58,7 @@ def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, 
     fig = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = fig.add_subplot()
     grid = np.geomspace(m.min() / 1.2, m.max() * 1.2, 50)
-    for i, a in enumerate(sorted(set(arm), key=lambda a: a not in fits)):
+    for i, a in enumerate(list(fits) + sorted(set(arm) - set(fits))):  # fits: baseline first, as elsewhere
         s, sel = _style(i), (arm == a) & np.isfinite(y)
         f = fits.get(a)
         label = a if f is None else f"{a} (slope {f.slope:.2f} [{f.ci[0]:.2f}, {f.ci[1]:.2f}])"
