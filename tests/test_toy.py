@@ -199,3 +199,16 @@ def test_cli_exits_2_on_bad_input(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["toy", "--config", str(cfg)])
     assert e.value.code == 2
+
+
+def test_intervention_on_the_real_gpt():
+    from widthlab.model.config import ModelConfig
+    from widthlab.model.gpt import GPT
+    for tied in (True, False):
+        cfg = ModelConfig(vocab_size=16, d_model=8, n_layer=1, head_dim=8, seq_len=4, tie_embeddings=tied)
+        iv = SignedRowDecay(gamma=-1.0, lr=1.0)  # lr = 1, γ = −1: every row lands exactly on norm 1
+        model = GPT(cfg, interventions=[iv])
+        assert len(iv._weights(model)) == (1 if tied else 2)
+        iv.after_step(model)
+        for w in (model.embed.weight, model.unembedding()):
+            assert torch.allclose(w.norm(dim=1), torch.ones(16), atol=1e-5)
