@@ -36,26 +36,21 @@ def tokens(B=4, T=16, seed=1) -> torch.Tensor:
 
 
 def groups(model, ivs) -> list[dict]:
-    """The lead's layout: hidden (2-D block weights), embed, head, vector (0/1-D); leftovers by dimension."""
-    seen: set[int] = set()
-
-    def take(ps):
-        out = [p for p in ps if id(p) not in seen]
-        seen.update(id(p) for p in out)
-        return out
-
-    gs = [{"name": "hidden", "params": take(p for p in model.blocks.parameters() if p.dim() == 2)},
-          {"name": "embed", "params": take([model.embed.weight] if isinstance(model.embed.weight, torch.nn.Parameter)
-                                           else model.embed.parameters())},
-          {"name": "head", "params": take([model.head.weight] if isinstance(model.unembedding(), torch.nn.Parameter)
-                                          else [])},
-          {"name": "vector", "params": take(p for p in model.parameters() if p.dim() < 2), "weight_decay": 0.0}]
-    rest = take(model.parameters())
-    gs[3]["params"] += [p for p in rest if p.dim() < 2]
-    gs[0]["params"] += [p for p in rest if p.dim() >= 2]
+    """The LightningModule's layout: every nn.Embedding's params → embed, other 0/1-D → vector, head's 2-D → head,
+    the rest → hidden; then each intervention's param_groups."""
+    embed = {id(p) for m in model.embedding_modules() for p in m.parameters()}
+    head = {id(p) for p in model.head.parameters()} - embed
+    gs = {k: [] for k in ("hidden", "embed", "head", "vector")}
+    for p in model.parameters():
+        gs["embed" if id(p) in embed else "vector" if p.dim() < 2 else "head" if id(p) in head else "hidden"].append(p)
+    spec = [{"name": k, "params": v, "weight_decay": 0.0 if k == "vector" else 0.1} for k, v in gs.items()]
     for iv in ivs:
-        gs = iv.param_groups(model, gs)
-    return gs
+        spec = iv.param_groups(model, spec)
+    return [g for g in spec if g["params"]]
+
+
+def group_of(gs, p) -> str:
+    return next(g["name"] for g in gs if any(q is p for q in g["params"]))
 
 
 def train(ivs, steps=25, lr=1e-2, **kw) -> tuple[float, float, GPT]:
@@ -217,8 +212,7 @@ def test_bigram_hash_groups_errors_and_tied():
     iv = BigramHashEmbedding(100)
     model = gpt([iv], tie_embeddings=True)
     assert model.head.weight is model.embed.weight
-    gs = {g["name"]: g["params"] for g in groups(model, [iv])}
-    assert any(p is model.embed.bigram.weight for p in gs["embed"])
+    assert group_of(groups(model, [iv]), model.embed.bigram.weight) == "embed"  # a table: embedding LR
     for bad in (dict(table_size=-5), dict(table_size=1), dict(table_size=64, init="ones")):
         with pytest.raises(WidthlabError):
             BigramHashEmbedding(**bad)
@@ -262,6 +256,9 @@ def test_adaptive_input_bands_by_frequency_rank():
     rare = int(p.argmin())
     assert torch.allclose(emb.weight[rare], emb.tables[2].weight[N - 1 - 24] @ emb.projs[1].weight)
     assert model.flops_per_token() - gpt().flops_per_token() == 3 * 2 * 8 * M
+    gs = groups(model, [iv])
+    assert group_of(gs, emb.tables[2].weight) == "embed" and group_of(gs, emb.projs[0].weight) == "hidden"
+    assert model.num_params(non_embedding=True) == gpt().num_params(non_embedding=True)
     for bad in (dict(cutoffs=[]), dict(cutoffs=[8, 8]), dict(cutoffs=[-1]), dict(cutoffs=[8], div=0.5)):
         with pytest.raises(WidthlabError):
             AdaptiveInput(**bad)
@@ -274,7 +271,10 @@ def test_adaptive_input_bands_by_frequency_rank():
 # ---------------------------------------------------------------- D heads
 def test_mos_is_a_distribution_reduces_to_softmax_and_counts_flops():
     h = torch.randn(2, 5, M)
-    model = gpt([MixtureOfSoftmaxes(3)])
+    model = gpt([iv := MixtureOfSoftmaxes(3)])
+    gs = groups(model, [iv])  # μP: P_k and the prior take the hidden LR, U stays a head
+    assert [group_of(gs, p) for p in (model.head.proj.weight, model.head.prior.weight, model.head.weight)] == \
+        ["hidden", "hidden", "head"]
     torch.nn.init.normal_(model.head.prior.weight)  # non-uniform mixture weights
     logp = model.head(h)
     assert torch.allclose(logp.exp().sum(-1), torch.ones(2, 5), atol=1e-5)
@@ -297,7 +297,9 @@ def test_mos_is_a_distribution_reduces_to_softmax_and_counts_flops():
 
 
 def test_wide_head_shape_and_flops():
-    model, base = gpt([WideHead(96)]), gpt()
+    model, base = gpt([iv := WideHead(96)]), gpt()
+    gs = groups(model, [iv])
+    assert group_of(gs, model.head.up.weight) == "hidden" and group_of(gs, model.head.weight) == "head"
     assert model.unembedding().shape == (N, 96)
     assert model.flops_per_token() - base.flops_per_token() == 3 * (2 * (M * 96 + N * 96) - 2 * N * M)
     assert model.num_params() - base.num_params() == M * 96 + N * 96 - N * M

@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 
 from widthlab import WidthlabError
-from widthlab.interventions._groups import move_params
 from widthlab.interventions.base import Intervention
 
 _MUL_CUR, _MUL_PREV = 36313, 27191  # modded-nanogpt's constants: spread (prev, cur) over the int32 range
@@ -69,13 +68,9 @@ class BigramHashEmbedding(Intervention):
         if isinstance(model.embed, BigramHashInput):
             raise WidthlabError("BigramHashEmbedding is listed twice in model.interventions; keep one")
         model.embed = BigramHashInput(model.embed, self.table_size, model.cfg.d_model)
-        self.table = model.embed.bigram  # kept: a later intervention may wrap model.embed again
-        with torch.no_grad():
+        with torch.no_grad():  # the optimizer files the table with "embed": it is an nn.Embedding
             if self.init == "zero":
-                self.table.weight.zero_()
+                model.embed.bigram.weight.zero_()
             else:
-                self.table.weight.normal_(0.0, model.cfg.init_std)
+                model.embed.bigram.weight.normal_(0.0, model.cfg.init_std)
 
-    def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        # a lookup table: embedding LR/decay, not the hidden matrices' 1/width LR
-        return move_params(groups, [self.table.weight], "embed")

@@ -6,8 +6,10 @@ width m/div^b and a projection up to m, so rare tokens cost few parameters. refs
 implement the frequency-aware allocation of F4 on the input side.
 
 Bookkeeping: every table, including the "atoms" B (r rows in R^m) and the band projections, is an nn.Embedding,
-so parameter counts treat the whole input map as embedding parameters (it is still a per-token lookup). The
-matmuls are reported by the module's `flops_per_token()`. Both replace E, so both refuse a tied model.
+so parameter counts treat the whole input map as embedding parameters (it is still a per-token lookup) and the
+LightningModule files them in the "embed" optimizer group, except AdaptiveInput's projections, which μP treats as
+hidden matrices. The matmuls are reported by the module's `flops_per_token()`. Both replace E, so both refuse a
+tied model.
 """
 from __future__ import annotations
 
@@ -67,11 +69,7 @@ class FactorizedEmbedding(Intervention):
         if self.rank >= model.cfg.d_model:
             raise WidthlabError(f"FactorizedEmbedding.rank={self.rank} must be < d_model={model.cfg.d_model} "
                                 f"(otherwise it costs more than the full table); lower the rank")
-        model.embed = self.module = FactorizedTokenEmbedding(model.cfg.vocab_size, self.rank, model.cfg.d_model,
-                                                             model.cfg.init_std)
-
-    def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        return move_params(groups, list(self.module.parameters()), "embed")
+        model.embed = FactorizedTokenEmbedding(model.cfg.vocab_size, self.rank, model.cfg.d_model, model.cfg.init_std)
 
 
 class AdaptiveTokenEmbedding(nn.Module):
@@ -137,15 +135,15 @@ class AdaptiveInput(Intervention):
         if not div >= 1:
             raise WidthlabError(f"AdaptiveInput.div must be >= 1 (got {div})")
         self.cutoffs, self.div = cutoffs, float(div)
-        self.module: AdaptiveTokenEmbedding | None = None
-        self.p: torch.Tensor | None = None
+        self._module: AdaptiveTokenEmbedding | None = None
+        self._p: torch.Tensor | None = None
 
     def build(self, model) -> None:
         _refuse_tied(model, "AdaptiveInput")
         n = model.cfg.vocab_size
         if self.cutoffs[-1] >= n:
             raise WidthlabError(f"AdaptiveInput.cutoffs {self.cutoffs} must all be < vocab_size={n}")
-        model.embed = self.module = AdaptiveTokenEmbedding(n, model.cfg.d_model, self.cutoffs, self.div,
+        model.embed = self._module = AdaptiveTokenEmbedding(n, model.cfg.d_model, self.cutoffs, self.div,
                                                            model.cfg.init_std)
         self._apply_rank()
 
@@ -155,20 +153,22 @@ class AdaptiveInput(Intervention):
         p = torch.as_tensor(p, dtype=torch.float64).flatten()
         if (p < 0).any():
             raise WidthlabError("AdaptiveInput.set_unigram needs non-negative counts")
-        self.p = p
+        self._p = p
         self._apply_rank()
 
     def _apply_rank(self) -> None:
-        if self.module is None or self.p is None:
+        if self._module is None or self._p is None:
             return
-        n = self.module.rank.numel()
-        if self.p.numel() > n:
-            raise WidthlabError(f"AdaptiveInput.set_unigram got {self.p.numel()} counts for vocab_size={n}")
+        n = self._module.rank.numel()
+        if self._p.numel() > n:
+            raise WidthlabError(f"AdaptiveInput.set_unigram got {self._p.numel()} counts for vocab_size={n}")
         full = torch.full((n,), -1.0, dtype=torch.float64)  # ids without a count (padding) rank last
-        full[: self.p.numel()] = self.p
+        full[: self._p.numel()] = self._p
         rank = torch.empty(n, dtype=torch.long)
         rank[torch.argsort(full, descending=True, stable=True)] = torch.arange(n)
-        self.module.set_rank(rank)
+        self._module.set_rank(rank)
 
     def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        return move_params(groups, list(self.module.parameters()), "embed")
+        # μP: a projection maps width m/div^b → m, both growing with m, so it is a hidden matrix (LR / width_mult)
+        # even though the counts file it with the embedding
+        return move_params(groups, list(self._module.projs.parameters()), "hidden")

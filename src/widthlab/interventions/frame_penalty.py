@@ -44,14 +44,14 @@ class FramePenalty(Intervention):
         if matrix not in ("embed", "unembed"):
             raise WidthlabError(f"FramePenalty.matrix must be 'embed' or 'unembed' (got {matrix!r})")
         self.weight, self.matrix, self.frequency_weighted = float(weight), matrix, frequency_weighted
-        self.p: torch.Tensor | None = None
+        self._p: torch.Tensor | None = None
 
     def set_unigram(self, p: torch.Tensor) -> None:
         """p: (vocab_size,) or (real_vocab_size,) non-negative counts or probabilities; renormalised on use."""
         p = torch.as_tensor(p, dtype=torch.float32).flatten()
         if p.numel() == 0 or (p < 0).any() or not p.sum() > 0:
             raise WidthlabError("FramePenalty.set_unigram needs non-negative counts with a positive sum")
-        self.p = p
+        self._p = p
 
     def build(self, model) -> None:
         W = self._matrix(model)
@@ -67,13 +67,13 @@ class FramePenalty(Intervention):
         W = self._matrix(model)
         p = None
         if self.frequency_weighted:
-            if self.p is None:
+            if self._p is None:
                 raise WidthlabError("FramePenalty(frequency_weighted=true) has no unigram distribution: the "
                                     "LightningModule must call set_unigram(p) before training, or set "
                                     "frequency_weighted: false")
-            p = self.p[: W.shape[0]].to(W.device)
+            p = self._p[: W.shape[0]].to(W.device)
             if p.numel() != W.shape[0]:
-                raise WidthlabError(f"FramePenalty: unigram has {self.p.numel()} entries but the matrix has "
+                raise WidthlabError(f"FramePenalty: unigram has {self._p.numel()} entries but the matrix has "
                                     f"{W.shape[0]} real-vocabulary rows; pass counts for the model's vocabulary")
             p = p / p.sum()
         # float32 regardless of autocast: the penalty is a small difference of O(1) sums

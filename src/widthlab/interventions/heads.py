@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from widthlab import WidthlabError
+from widthlab.interventions._groups import move_params
 from widthlab.interventions.base import Intervention
 from widthlab.model.gpt import LinearHead
 
@@ -78,7 +79,12 @@ class MixtureOfSoftmaxes(Intervention):
 
     def build(self, model) -> None:
         head = _plain_head(model, "MixtureOfSoftmaxes")
-        model.head = MoSHead(head.weight, self.k, model.cfg.d_model, head.mult)
+        model.head = self._head = MoSHead(head.weight, self.k, model.cfg.d_model, head.mult)
+
+    def param_groups(self, model, groups: list[dict]) -> list[dict]:
+        # μP: P_k (m → m) and the prior (m → k) have width fan-in, so they take the hidden LR / width_mult;
+        # U stays in "head" with its readout multiplier
+        return move_params(groups, [self._head.proj.weight, self._head.prior.weight], "hidden")
 
 
 class WideReadout(nn.Module):
@@ -110,7 +116,11 @@ class WideHead(Intervention):
 
     def build(self, model) -> None:
         _plain_head(model, "WideHead")
-        model.head = WideReadout(model.cfg.vocab_size, model.cfg.d_model, self.width, model.cfg.init_std)
+        model.head = self._head = WideReadout(model.cfg.vocab_size, model.cfg.d_model, self.width, model.cfg.init_std)
+
+    def param_groups(self, model, groups: list[dict]) -> list[dict]:
+        # μP: P (m → d_h) has width fan-in: hidden LR / width_mult. U' (fan-in d_h, fixed) keeps the head's LR.
+        return move_params(groups, [self._head.up.weight], "hidden")
 
 
 class SigsoftmaxHead(nn.Module):
