@@ -30,7 +30,7 @@ import numpy as np
 from scipy import optimize, stats
 
 ALPHA_BOUNDS = (0.02, 4.0)  # widths 32…512 cannot tell α outside this apart from E moving
-_GRID = 40
+_GRID = 24  # log-spaced: neighbours differ by 25 %, then Brent refines between them
 
 
 # ---------------------------------------------------------------------------------------------- log-log slope

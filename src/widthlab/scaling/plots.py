@@ -1,6 +1,7 @@
 """Figures for `compare`: matplotlib's object API (no pyplot state, no display), saved as PNG and into TensorBoard.
 
-Every function takes plain arrays/dicts and returns a `Figure`; `save_png` and `log_to_tensorboard` do the I/O.
+Every plotting function takes plain arrays/dicts and returns a `Figure`. `render` draws it once to RGBA pixels,
+which both the PNG and the TensorBoard image reuse (drawing dominates compare's run time, so only once).
 """
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.image import imsave
+from matplotlib.ticker import FormatStrFormatter
 
 from widthlab.scaling.fit import ScalingBootstrap
 
@@ -18,9 +21,15 @@ _MARKERS = "osD^v<>p*h"
 
 
 def _plain_y(ax) -> None:
-    """Losses span < 2×: '4.0' reads better than '4×10⁰' on a log axis."""
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    """Losses span < 2×, so a log axis has no decade tick in range: label the minor ticks (2, 3, … 9) plainly."""
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+
+
+def _figure() -> Figure:
+    fig = Figure(figsize=(6.4, 4.6), dpi=110)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.93)  # fixed: constrained layout is slow
+    return fig
 
 
 def _style(i: int) -> dict:
@@ -29,7 +38,7 @@ def _style(i: int) -> dict:
 
 def loss_vs_width(m: np.ndarray, L: np.ndarray, arm: np.ndarray, boot: ScalingBootstrap, ci: float) -> Figure:
     """Runs (small), cell means (large), fitted L(m) per arm and its bootstrap band; log-log axes."""
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    fig = _figure()
     ax = fig.add_subplot()
     grid = np.geomspace(m.min() / 1.2, m.max() * 1.2, 100)
     for i, a in enumerate(boot.fit.arms):
@@ -55,7 +64,7 @@ def loss_vs_width(m: np.ndarray, L: np.ndarray, arm: np.ndarray, boot: ScalingBo
 
 def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, col: str) -> Figure:
     """Mean cos² of normalised rows vs m per arm, its log-log fit, and a 1/m guide through the baseline."""
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    fig = _figure()
     ax = fig.add_subplot()
     grid = np.geomspace(m.min() / 1.2, m.max() * 1.2, 50)
     for i, a in enumerate(list(fits) + sorted(set(arm) - set(fits))):  # fits: baseline first, as elsewhere
@@ -75,7 +84,7 @@ def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, 
 
 def multiplier(boot: ScalingBootstrap) -> Figure:
     """Pointwise k(m) per arm with CI error bars; the summary k as a horizontal line; 1 = no gain."""
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    fig = _figure()
     ax = fig.add_subplot()
     for i, a in enumerate(boot.fit.arms):
         if a == boot.fit.baseline:
@@ -99,7 +108,7 @@ def multiplier(boot: ScalingBootstrap) -> Figure:
 
 def curves(series: list[tuple[str, int, int, list[tuple[int, float]]]]) -> Figure:
     """val/loss vs step, one line per run (arm, width, seed, points): colour by width, line style by arm."""
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    fig = _figure()
     ax = fig.add_subplot()
     widths = sorted({w for _, w, _, _ in series})
     arms = sorted({a for a, _, _, _ in series})
@@ -116,25 +125,33 @@ def curves(series: list[tuple[str, int, int, list[tuple[int, float]]]]) -> Figur
     return fig
 
 
-def save_png(fig: Figure, path: Path) -> None:
+def render(fig: Figure) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA pixels of the figure."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def save_png(rgba: np.ndarray, path: Path) -> None:
     """Write atomically: a reader (or a crash) never sees half a PNG."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=120)
+        imsave(tmp, rgba, format="png")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def log_to_tensorboard(figs: dict[str, Figure], logdir: Path) -> None:
-    """Figures as images under tag `compare/<name>`, so `tensorboard --logdir runs/` shows them."""
+def log_to_tensorboard(images: dict[str, np.ndarray], logdir: Path) -> None:
+    """RGBA images as TensorBoard images under tag `compare/<name>`, so `tensorboard --logdir runs/` shows
+    them next to the runs."""
     from torch.utils.tensorboard import SummaryWriter  # torch import is slow; only pay it here
 
     writer = SummaryWriter(str(logdir))
     try:
-        for name, fig in figs.items():
-            writer.add_figure(f"compare/{name}", fig, global_step=0, close=False)
+        for name, rgba in images.items():
+            writer.add_image(f"compare/{name}", rgba[..., :3], global_step=0, dataformats="HWC")
     finally:
         writer.close()

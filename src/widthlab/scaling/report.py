@@ -180,9 +180,10 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
               for r in runs if r.get("_scalars", {}).get("val/loss") and "d_model" in r]
     if series:
         figs["curves"] = plots.curves(series)
-    for name, fig in figs.items():
-        plots.save_png(fig, out_dir / f"{name}.png")
-    plots.log_to_tensorboard(figs, out_dir / "tb_compare")
+    images = {name: plots.render(fig) for name, fig in figs.items()}
+    for name, rgba in images.items():
+        plots.save_png(rgba, out_dir / f"{name}.png")
+    plots.log_to_tensorboard(images, out_dir / "tb_compare")
 
     result = _summary(boot, overlap, welch, runs, n_boot, max_gap, max_epochs, include_limited)
     result["files"] = sorted(["report.md", "compare.json"] + [f"{n}.png" for n in figs])
