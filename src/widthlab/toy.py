@@ -110,7 +110,7 @@ def fit_alpha_m(ms: list[int], losses: list[float], n_boot: int = 1000, seed: in
 
 # ---------------------------------------------------------------------------------------------------- training
 def train_one(p: torch.Tensor, m: int, gamma: float, steps: int, batch_size: int, lr_w: float, lr_b: float,
-              warmup: int, min_lr_ratio: float, eval_batches: int, seed: int, device: str,
+              warmup: int, min_lr_ratio: float, eval_batches: int, seed: int, device: str, loss_scale: float = 1.0,
               writer=None, log_every: int = 100, metric_every: int = 1000) -> dict:
     """Train one toy model on fresh data; returns final loss (paper units, fresh data) and geometry."""
     n = p.numel()
@@ -132,6 +132,8 @@ def train_one(p: torch.Tensor, m: int, gamma: float, steps: int, batch_size: int
             group["lr"] = peak * scale
         rows, feats, vals = batch()
         loss = loss_and_grad_sparse(W, b, rows, feats, vals, batch_size)  # mean over B × n, as the paper's code
+        if loss_scale != 1.0:  # the large-model code's `loss * 100`: under Adam it only shrinks eps's weight
+            W.grad.mul_(loss_scale), b.grad.mul_(loss_scale)
         signed_row_decay_(W.data, lr_w * scale, gamma)  # before the Adam update, with the current lr (adamw.py)
         opt.step()
         if writer is not None and (step % log_every == 0 or step == steps):
@@ -226,6 +228,8 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
         warmup: linear warm-up, in steps if ≥ 1, else as a fraction of `steps` (large models: 0.05).
         min_lr_ratio: the cosine schedule ends at this fraction of the peak.
         eval_batches: fresh batches for the final loss (the paper: 100 × batch size).
+        loss_scale: gradient multiplier (the large-model code backpropagates 100 × loss; with n = 10240 the mean-MSE
+            gradients of rare rows are ~1e-9, below Adam's eps = 1e-8, so the scale matters).
         fit_rule: which widths enter the α_m fit: all, or paper_large (App. D.1 point ranges).
         seed: seed of init and data (the same for every width, so the ladder is comparable).
         name: run name; TensorBoard events and results go to out_dir/name.
@@ -263,7 +267,8 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
                 t0 = time.time()
                 with SummaryWriter(str(out / tag)) as writer:
                     res = train_one(p, width, gamma, steps, batch_size, lr_w, lr_b, warm, min_lr_ratio,
-                                    eval_batches, seed, device, writer, log_every, metric_every)
+                                    eval_batches, seed, device, loss_scale, writer, log_every,
+                                    metric_every)
                     writer.add_scalar("final/loss", res["loss"], steps)
                 sec = time.time() - t0
                 rows.append(dict(gamma=gamma, distribution=dist, m=width, n=n, steps=steps, batch_size=batch_size,
