@@ -209,6 +209,7 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
         distributions: list[str] = ["power"], alpha: float = 1.0, exp_scale: float = 400.0, density: float = 1.0,
         steps: int = 20000, batch_size: int = 2048, lr: float = 1e-2, lr_rule: str = "constant",
         warmup: float = 2000, min_lr_ratio: float = 0.05, eval_batches: int = 100, fit_rule: str = "all",
+        loss_scale: float = 1.0,
         seed: int = 0, name: str = "toy", out_dir: str = "runs/toy", device: str = "cpu", threads: int = 1,
         log_every: int = 100, metric_every: int = 1000) -> None:
     """Train the toy model of superposition over a ladder of widths and fit the width exponent α_m.
