@@ -30,7 +30,9 @@ def read_scalars(run_dir: str | Path) -> Scalars:
 
     merged: dict[str, dict[int, tuple[float, float]]] = {}
     for d in event_dirs(run_dir):
-        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})  # 0 = keep every point, no reservoir
+        # scalars: 0 = keep every point (no reservoir sampling); the rest we never read, so keep 1 of each
+        acc = EventAccumulator(str(d), size_guidance={"scalars": 0, "histograms": 1, "images": 1,
+                                                      "tensors": 1, "compressedHistograms": 1, "audio": 1})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             by_step = merged.setdefault(tag, {})

@@ -203,7 +203,7 @@ def _iv(boot: ScalingBootstrap, key: str) -> dict:
 
 
 def _verdict(kc: dict) -> str:
-    if not math.isfinite(kc["lo"]) and not math.isinf(kc["lo"]):
+    if math.isnan(kc["lo"]):
         return "no verdict: k_C unavailable (needs flops for ≥ 3 baseline widths)"
     if kc["lo"] > 1:
         return f"beats the curve: k_C = {kc['est']:.3g} [{kc['lo']:.3g}, {kc['hi']:.3g}] > 1 at equal FLOPs"
@@ -261,8 +261,9 @@ def _markdown(res: dict, boot: ScalingBootstrap, runs: list[dict], figs: dict) -
     for (a, w), rs in sorted(cells.items(), key=lambda kv: (kv[0][0] != b, kv[0])):
         v = lambda k: [r[k] for r in rs if isinstance(r.get(k), (int, float))]  # noqa: E731
         mean = lambda xs: f"{np.mean(xs):.3g}" if xs else "–"  # noqa: E731
-        loss, gaps = v("val_loss"), [r["val_loss"] - r["train_loss"] for r in rs if {"val_loss", "train_loss"} <= r.keys()]
-        ls = f"{np.mean(loss):.4f} ± {np.std(loss, ddof=1) if len(loss) > 1 else 0:.4f}" if loss else "–"
+        loss = v("val_loss")
+        gaps = [r["val_loss"] - r["train_loss"] for r in rs if {"val_loss", "train_loss"} <= r.keys()]
+        ls = (f"{np.mean(loss):.4f}" + (f" ± {np.std(loss, ddof=1):.4f}" if len(loss) > 1 else "")) if loss else "–"
         flags = "; ".join(sorted({r["_flag"] for r in rs if r["_flag"]}))
         lines.append(f"| {a} | {w} | {len(rs)} | {ls} | {mean(v('epochs'))} | {mean(v('tokens_per_param'))} | "
                      f"{mean(gaps)} | {flags or '–'} | {sum(r['_fit'] for r in rs)}/{len(rs)} |")
@@ -291,7 +292,8 @@ def _markdown(res: dict, boot: ScalingBootstrap, runs: list[dict], figs: dict) -
         if p["a"] is not None and math.isfinite(p["a"]):
             lines.append(f"- baseline L({label}): A = {p['A']:.4g}, a = {p['a']:.3f}, E = {p['E']:.4f}")
     lines += ["", "### k(m) per width (observed mean loss of the cell)", "",
-              "| arm | m | k(m) | k_N(m) | k_C(m) | Δ loss vs base | Welch t | dof | p |", "|---|---|---|---|---|---|---|---|---|"]
+              "| arm | m | k(m) | k_N(m) | k_C(m) | Δ loss vs base | Welch t | dof | p |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for a in res["arms"]:
         for w, km in sorted(res["k_m"][a].items()):
             t = res["welch"].get(a, {}).get(w)
