@@ -35,7 +35,7 @@ class OverlapMonitor(Callback):
         seed: seed of the pair sample.
     """
 
-    def __init__(self, every_n_steps: int = 50, hist_every_n_steps: int = 500, n_seq: int = 8,
+    def __init__(self, every_n_steps: int = 25, hist_every_n_steps: int = 500, n_seq: int = 8,
                  hist_pairs: int = 20000, block_rows: int = 4096, seed: int = 0):
         super().__init__()
         if every_n_steps < 1 or hist_every_n_steps < 0:
