@@ -191,6 +191,16 @@ def test_cli_entry_point(gpt2_dir, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_default_out_path(gpt2_dir, tmp_path, monkeypatch):
+    path, W = gpt2_dir
+    monkeypatch.chdir(tmp_path)
+    A.analyze(model=path, pairs=False)
+    saved = json.loads((tmp_path / "runs" / "analyze" / "tiny-gpt2.json").read_text())
+    assert saved["models"][0]["stats"]["mean_cos2"] == pytest.approx(brute(W)["mean_cos2"], rel=1e-9)
+    A.analyze(model=[path, path], pairs=False)
+    assert (tmp_path / "runs" / "analyze" / "models.json").exists()
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda d: str(d / "does-not-exist"), "does not exist"),
     (lambda d: write_dir(d / "nohead", {"foo.weight": torch.ones(4, 4)}), "no LM-head tensor"),

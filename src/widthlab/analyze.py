@@ -309,6 +309,7 @@ def analyze(*, model: list[str] | str, series: bool = False, out: str | None = N
     Args:
         model: Hugging Face id (e.g. gpt2, EleutherAI/pythia-160m), local checkpoint directory (config.json +
             *.safetensors, a *.safetensors.index.json or pytorch_model.bin) or a single .safetensors file.
+            Several: --model+ A --model+ B, or --model '[A, B]' (a repeated plain --model keeps only the last).
         series: Fit log mean_cos2 against log m across the models (OLS slope with a 95 % CI; guide slope −1).
         out: JSON file to write ({"models": [...], "series": ...}); default runs/analyze/<name>.json for one
             model, runs/analyze/series.json (or models.json without --series) for several.

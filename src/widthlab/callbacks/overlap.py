@@ -10,8 +10,8 @@ Tags: geometry/<matrix>/<name> with the names of `geometry.summary`; hidden logs
 erank, kappa and mean_cos2. Every `hist_every_n_steps` also mean_abs_cos, max_abs_cos, welch_max_bound (pairs,
 O(n²m)) and, on a TensorBoardLogger, histograms geometry/<matrix>/row_norms and geometry/<matrix>/cos_sample.
 
-Cost (benchmarks/overlap_cost.py, 2 CPU threads, d=128, n=4096, T=128, L=2, B=32): one measurement ≈ 0.1 train
-step, so the default every 50 steps costs well under 2 %.
+Cost (benchmarks/overlap_cost.py, 2 busy CPU threads, d=128, n=4096, T=128, L=2, B=32): scalars ≈ 0.06 train
+steps, pairs + histograms ≈ 0.75 steps, so the defaults (every 25 / 500 steps) cost ≈ 0.4 % of training time.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ PAIR_STATS = ("mean_abs_cos", "max_abs_cos", "welch_max_bound")
 
 
 class OverlapMonitor(Callback):
-    """Args:
+    """Logs geometry/{embed,unembed,hidden}/<stat> on a cadence; keeps the latest values in `self.latest`.
+
+    Args:
         every_n_steps: scalar cadence in optimizer steps (also logged at step 0 and at the end of training).
         hist_every_n_steps: cadence of the pairwise statistics and the histograms (0 disables them).
         n_seq: sequences in the fixed validation batch used for `hidden`.
