@@ -169,8 +169,8 @@ def locate_hub(repo: str) -> tuple[str, str, dict]:
                 raise WidthlabError(f"{repo}/{name} names shard {wmap[key]}, which the Hub does not have")
             return shard, key, cfg
         return locate_local(local)[:2] + (cfg,)
-    raise WidthlabError(f"found no weights for '{repo}' on the Hub or in its offline cache ({', '.join(WEIGHT_FILES)}); "
-                        f"download the model or pass a local directory")
+    raise WidthlabError(f"found no weights for '{repo}' on the Hub or in its offline cache "
+                        f"({', '.join(WEIGHT_FILES)}); download the model or pass a local directory")
 
 
 def _json(path: str) -> dict:
@@ -192,7 +192,7 @@ def locate(spec: str) -> tuple[str, str, dict]:
 
 
 def model_name(spec: str) -> str:
-    """A file-name-safe label: 'EleutherAI/pythia-70m' → 'EleutherAI--pythia-70m', '/x/gpt2-small' → 'gpt2-small'."""
+    """A file-name-safe label: 'EleutherAI/pythia-70m' → 'EleutherAI--pythia-70m', '/x/gpt2-s' → 'gpt2-s'."""
     if os.path.exists(spec):
         p = os.path.abspath(os.path.expanduser(spec)).rstrip(os.sep)
         stem = os.path.splitext(os.path.basename(p))[0] if os.path.isfile(p) else os.path.basename(p)
