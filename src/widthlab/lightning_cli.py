@@ -12,10 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from widthlab import WidthlabError
-try:  # TEMP until the overlap monitor lands
-    from widthlab.callbacks.overlap import OverlapMonitor
-except ImportError:
-    OverlapMonitor = None
+from widthlab.callbacks.overlap import OverlapMonitor
 from widthlab.callbacks.perf import PerfMonitor
 from widthlab.callbacks.run_info import RunRecorder
 from widthlab.data import TokenDataModule
@@ -33,8 +30,7 @@ class WidthlabCLI(LightningCLI):
         parser.link_arguments("data.model_vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.real_vocab_size", "model.real_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.seq_len", "model.seq_len", apply_on="parse")
-        if OverlapMonitor is not None:
-            parser.add_lightning_class_args(OverlapMonitor, "overlap")
+        parser.add_lightning_class_args(OverlapMonitor, "overlap")
         parser.add_lightning_class_args(PerfMonitor, "perf")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val/loss",
@@ -50,6 +46,10 @@ class WidthlabCLI(LightningCLI):
         # Keep the recipe's own callbacks (a kwarg would replace them) and add the run recorder.
         kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [RunRecorder()]
         return super().instantiate_trainer(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would overwrite the recipe's model settings with the checkpoint's; we keep the recipe, so a
+        checkpoint of another shape is reported (LitGPT.on_load_checkpoint) instead of silently overriding."""
 
     def _ckpt_defaults(self) -> None:
         sub = self.config_init[self.subcommand]
@@ -74,8 +74,10 @@ class WidthlabCLI(LightningCLI):
 
 
 def run_lightning_cli(argv: list[str]) -> WidthlabCLI:
+    import sys
     return WidthlabCLI(
-        LitGPT, TokenDataModule, args=argv, seed_everything_default=1337,
+        LitGPT, TokenDataModule, args=None if argv == sys.argv[1:] else argv,
+        seed_everything_default=1337,
         save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"},
         trainer_defaults={"use_distributed_sampler": False,  # our samplers shard by rank themselves
                           "default_root_dir": "runs/default", "log_every_n_steps": 10},

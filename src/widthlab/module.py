@@ -50,8 +50,6 @@ class LitGPT(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["interventions"])
         self.interventions = list(interventions or [])
-        # Recorded as plain strings so checkpoints stay loadable with weights_only=True.
-        self.hparams["intervention_names"] = [repr(iv) for iv in self.interventions]
         self.cfg = ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, head_dim=head_dim,
                                seq_len=seq_len, mlp_ratio=mlp_ratio, dropout=dropout, tie_embeddings=tie_embeddings,
                                init_std=init_std, mup_base_d_model=mup_base_d_model, real_vocab_size=real_vocab_size)

@@ -75,7 +75,7 @@ class RunRecorder(L.Callback):
             "train_loss": sum(self._losses) / len(self._losses) if self._losses else None,
             "val_loss": m.get("val/loss"), "val_bpb": m.get("val/bpb"), "val_word_ppl": m.get("val/word_ppl"),
             "tokens_per_sec": m.get("perf/tokens_per_sec"), "mfu": m.get("perf/mfu"),
-            "wall_s": time.time() - self._t0, "interventions": pl_module.hparams.get("intervention_names", []),
+            "wall_s": time.time() - self._t0, "interventions": [repr(iv) for iv in pl_module.interventions],
         }
         for cb in trainer.callbacks:  # final geometry from the overlap monitor, if one is attached
             for tag, v in getattr(cb, "latest", {}).items():

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from widthlab import WidthlabError
-from widthlab.interventions._groups import move_params
+from widthlab.interventions.base import move_params
 from widthlab.interventions.base import Intervention
 
 

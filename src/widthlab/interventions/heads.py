@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from widthlab import WidthlabError
-from widthlab.interventions._groups import move_params
+from widthlab.interventions.base import move_params
 from widthlab.interventions.base import Intervention
 from widthlab.model.gpt import LinearHead
 
