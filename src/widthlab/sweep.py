@@ -1,0 +1,190 @@
+"""`python -m train sweep`: one fit recipe at many widths × arms × seeds, resumable.
+
+Each point is an ordinary `python -m train fit` in its own process and directory,
+`runs/<sweep>/<arm>/d<width>/s<seed>/`; an arm is a named set of dotted recipe overrides (interventions included).
+`results.csv` is rebuilt from the runs' metrics.json after every run, so a killed sweep never loses or doubles a row:
+re-running it skips finished runs and resumes interrupted ones from their last checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from widthlab import WidthlabError
+
+
+@dataclass
+class Point:
+    arm: str
+    width: int
+    seed: int
+    run_dir: str
+    args: list[str]
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    # Lists and dicts (interventions) travel as JSON, which jsonargparse reads as YAML.
+    return [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
+
+
+def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[str, Any]],
+         overrides: dict[str, Any], root: str) -> list[Point]:
+    if not widths:
+        raise WidthlabError("the sweep has no widths; give widths: [32, 64, ...]")
+    if len(set(widths)) != len(widths):
+        raise WidthlabError(f"duplicate widths in {widths}; list each width once")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise WidthlabError(f"seeds must be a non-empty list without repeats (got {seeds})")
+    if not os.path.isfile(recipe):
+        raise WidthlabError(f"recipe {recipe} does not exist; point recipe: at a fit recipe in recipes/")
+    with open(recipe) as f:
+        base = yaml.safe_load(f) or {}
+    arms = arms or {"baseline": {}}
+    for arm, ov in arms.items():
+        head_dim = {**overrides, **(ov or {})}.get("model.head_dim", base.get("model", {}).get("head_dim", 32))
+        bad = [w for w in widths if w % head_dim]
+        if bad:
+            raise WidthlabError(f"widths {bad} are not multiples of head_dim={head_dim} (arm {arm}); "
+                                f"use multiples of {head_dim} or set model.head_dim")
+    points = []
+    for arm, ov in arms.items():
+        for w in sorted(widths):
+            for s in seeds:
+                run_dir = os.path.join(root, arm, f"d{w}", f"s{s}")
+                args = ["fit", "--config", recipe, "--trainer.default_root_dir", run_dir,
+                        "--model.d_model", str(w), "--seed_everything", str(s), "--data.seed", str(s),
+                        "--trainer.enable_progress_bar", "false"]
+                for k, v in {**overrides, **(ov or {})}.items():
+                    args += _flag(k, v)
+                points.append(Point(arm, w, s, run_dir, args))
+    return points
+
+
+def validate(points: list[Point]) -> None:
+    """Parse each arm's first point with --print_config: an unknown key or a bad value fails before any training."""
+    from widthlab.lightning_cli import run_lightning_cli
+
+    seen = set()
+    for p in points:
+        if p.arm in seen:
+            continue
+        seen.add(p.arm)
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                run_lightning_cli(p.args + ["--print_config"])
+        except SystemExit as e:
+            if e.code:
+                msg = [l for l in err.getvalue().splitlines() if "error" in l.lower()] or ["invalid override"]
+                raise WidthlabError(f"arm '{p.arm}': {msg[-1].strip()}") from None
+
+
+def collect(root: str, points: list[Point]) -> list[dict]:
+    rows = []
+    for p in points:
+        fn = os.path.join(p.run_dir, "metrics.json")
+        if os.path.isfile(fn):
+            with open(fn) as f:
+                m = json.load(f)
+            rows.append({"arm": p.arm, "seed": p.seed, "run_dir": os.path.relpath(p.run_dir, root), **m,
+                         "d_model": p.width})
+    return rows
+
+
+def write_results(root: str, rows: list[dict]) -> str:
+    path = os.path.join(root, "results.csv")
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def _run_one(p: Point, device: int | None) -> int:
+    last = os.path.join(p.run_dir, "checkpoints", "last.ckpt")
+    args = list(p.args)
+    if os.path.exists(last):
+        args += ["--ckpt_path", "last"]  # interrupted: continue exactly where it stopped
+    elif os.path.isdir(p.run_dir):
+        shutil.rmtree(p.run_dir)  # started but never checkpointed: nothing worth keeping
+    os.makedirs(p.run_dir, exist_ok=True)
+    env = dict(os.environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(device)
+    with open(os.path.join(p.run_dir, "stdout.log"), "a") as log:
+        return subprocess.run([sys.executable, "-m", "train", *args], env=env, stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+
+
+def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[str, dict[str, Any]] | None = None,
+          overrides: dict[str, Any] | None = None, name: str = "sweep", out_dir: str = "runs",
+          dry_run: bool = False, devices: int | None = None) -> str:
+    """Run a fit recipe at every width × arm × seed; resumable.
+
+    Args:
+        recipe: the fit recipe (a LightningCLI YAML) every point starts from
+        widths: d_model values (multiples of model.head_dim)
+        seeds: seeds; each sets seed_everything and data.seed
+        arms: arm name → dotted recipe overrides, e.g. {"bigram": {"model.interventions": [...]}}; default one "baseline"
+        overrides: dotted overrides applied to every arm (e.g. trainer.max_steps)
+        name: sweep name; runs go to <out_dir>/<name>/<arm>/d<width>/s<seed>/
+        out_dir: parent directory of the sweep
+        dry_run: print the commands and exit
+        devices: parallel runs, one per GPU (default: the number of visible GPUs, or 1 on CPU)
+
+    Returns:
+        the path of results.csv
+    """
+    root = os.path.join(out_dir, name)
+    points = plan(recipe, widths, seeds, arms or {}, overrides or {}, root)
+    if dry_run:
+        for p in points:
+            print("python -m train " + " ".join(p.args))
+        return os.path.join(root, "results.csv")
+    validate(points)
+    os.makedirs(root, exist_ok=True)
+    todo = [p for p in points if not os.path.isfile(os.path.join(p.run_dir, "metrics.json"))]
+    print(f"sweep {name}: {len(points)} runs, {len(points) - len(todo)} already finished", flush=True)
+    import torch
+
+    n_dev = devices or max(1, torch.cuda.device_count())
+    failed: list[str] = []
+
+    def work(i_p):
+        i, p = i_p
+        t = time.time()
+        rc = _run_one(p, i % n_dev if torch.cuda.device_count() > 1 else None)
+        rows = collect(root, points)
+        write_results(root, rows)
+        status = "done" if rc == 0 else f"FAILED (exit {rc}, see {p.run_dir}/stdout.log)"
+        if rc:
+            failed.append(p.run_dir)
+        print(f"[{len(rows)}/{len(points)}] {p.arm} d={p.width} seed={p.seed}: {status} in {time.time() - t:.0f}s",
+              flush=True)
+
+    with ThreadPoolExecutor(max_workers=n_dev) as ex:
+        list(ex.map(work, enumerate(todo)))
+    path = write_results(root, collect(root, points))
+    if failed:
+        raise WidthlabError(f"{len(failed)} run(s) failed, e.g. {failed[0]}; read its stdout.log, fix, and re-run "
+                            "the same sweep command to resume")
+    print(f"results: {path}\nnext: python -m train compare {root}")
+    return path
