@@ -1,7 +1,7 @@
 """`python -m train`: LightningCLI for fit/validate/test, plus typed-function subcommands.
 
-`sweep`, `compare`, `analyze` and `toy` are plain typed functions; jsonargparse derives their options (and
-`--config`, `--print_config`) from the signatures and docstrings, as litgpt does.
+`sweep`, `compare`, `analyze`, `toy` and `coord-check` are plain typed functions; jsonargparse derives their
+options (and `--config`, `--print_config`) from the signatures and docstrings, as litgpt does.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "compare": "widthlab.scaling.report:compare",
     "analyze": "widthlab.analyze:analyze",
     "toy": "widthlab.toy:toy",
+    "coord-check": "widthlab.coord_check:coord_check",
 }
 
 
