@@ -69,7 +69,7 @@ def _layers(model) -> list[tuple[str, Any]]:
     return out + [("logits", model.head)]
 
 
-def _record(module, datamodule, steps: int, clip: float | None) -> dict[str, list[float]]:
+def _record(module, datamodule, steps: int, clip: float | None, out: str) -> dict[str, list[float]]:
     """Train `steps` steps with Lightning; {layer: [mean |x| in the forward of step 0 (init), 1, ..., steps-1]}."""
     import lightning as L
 
@@ -85,8 +85,7 @@ def _record(module, datamodule, steps: int, clip: float | None) -> dict[str, lis
     handles = [m.register_forward_hook(hook(n)) for n, m in _layers(module.model)]
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, devices=1,
-                        use_distributed_sampler=False, gradient_clip_val=clip, deterministic=False,
-                        default_root_dir=os.path.dirname(datamodule.path))
+                        use_distributed_sampler=False, gradient_clip_val=clip, default_root_dir=out)
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:
@@ -181,7 +180,7 @@ def coord_check(*, recipe: str, widths: list[int], steps: int = 5, mup_base_d_mo
             module, dm, clip = _build(recipe, w, seed, mup_base_d_model, overrides, out)
             base = module.cfg.mup_base_d_model
             layers = [n for n, _ in _layers(module.model)]
-            for name, series in _record(module, dm, steps, clip).items():
+            for name, series in _record(module, dm, steps, clip, out).items():
                 l1.setdefault(name, {})[str(w)] = series
     finally:
         quiet.setLevel(level)
