@@ -134,9 +134,9 @@ def _run_one(p: Point, device: int | None) -> int:
                               stderr=subprocess.STDOUT).returncode
 
 
-def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[str, dict[str, Any]] | None = None,
-          overrides: dict[str, Any] | None = None, name: str = "sweep", out_dir: str = "runs",
-          dry_run: bool = False, devices: int | None = None) -> str:
+def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[str, dict] | None = None,
+          overrides: dict | None = None, name: str = "sweep", out_dir: str = "runs",
+          dry_run: bool = False, devices: int | None = None, coord_check: bool = False) -> str:
     """Run a fit recipe at every width × arm × seed; resumable.
 
     Args:
@@ -149,6 +149,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         out_dir: parent directory of the sweep
         dry_run: print the commands and exit
         devices: parallel runs, one per GPU (default: the number of visible GPUs, or 1 on CPU)
+        coord_check: first run a μP coordinate check per arm (a few steps per width) into <sweep>/<arm>/coord_check
 
     Returns:
         the path of results.csv
@@ -161,6 +162,11 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         return os.path.join(root, "results.csv")
     validate(points)
     os.makedirs(root, exist_ok=True)
+    if coord_check:  # plain dicts (not instantiated objects) travel to the recipe parser, as for the runs
+        from widthlab.coord_check import coord_check as run_coord_check
+        for arm, ov in (arms or {"baseline": {}}).items():
+            run_coord_check(recipe=recipe, widths=widths, steps=5, seed=seeds[0],
+                            out=os.path.join(root, arm, "coord_check"), overrides={**(overrides or {}), **(ov or {})})
     todo = [p for p in points if not os.path.isfile(os.path.join(p.run_dir, "metrics.json"))]
     print(f"sweep {name}: {len(points)} runs, {len(points) - len(todo)} already finished", flush=True)
     import torch

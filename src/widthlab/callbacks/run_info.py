@@ -45,12 +45,25 @@ class RunRecorder(L.Callback):
         self._t0 = 0.0
         self._start_step = 0
         self._losses: list[float] = []
+        self._val: dict[str, float] = {}
 
     def on_fit_start(self, trainer, pl_module):
         self._t0, self._start_step = time.time(), trainer.global_step
-        if trainer.is_global_zero and trainer.log_dir:
-            os.makedirs(trainer.log_dir, exist_ok=True)
-            write_json_atomic(os.path.join(trainer.log_dir, "env.json"), environment())
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
+        if trainer.is_global_zero and log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            write_json_atomic(os.path.join(log_dir, "env.json"), environment())
+
+    # Kept in checkpoints, so a run resumed after its last checkpoint still reports its last validation.
+    def state_dict(self) -> dict:
+        return {"losses": self._losses, "val": self._val}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._losses, self._val = list(state.get("losses", [])), dict(state.get("val", {}))
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # Keep the last ~50 micro-batch losses for a train loss comparable to val (host sync is cheap on CPU
@@ -59,10 +72,12 @@ class RunRecorder(L.Callback):
             self._losses = (self._losses + [float(outputs["ce"])])[-50:]
 
     def on_fit_end(self, trainer, pl_module):
-        if not trainer.is_global_zero or not trainer.log_dir:
+        log_dir = trainer.log_dir  # collective under DDP (see on_fit_start)
+        if not trainer.is_global_zero or not log_dir:
             return
         dm = trainer.datamodule
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "perf/"))}
+        m = {**self._val, **{k: float(v) for k, v in trainer.callback_metrics.items()
+                             if k.startswith(("val/", "perf/"))}}
         tokens = trainer.global_step * pl_module.tokens_per_step
         row = {
             "d_model": pl_module.cfg.d_model, "n_layer": pl_module.cfg.n_layer, "seq_len": pl_module.cfg.seq_len,
@@ -81,4 +96,4 @@ class RunRecorder(L.Callback):
             for tag, v in getattr(cb, "latest", {}).items():
                 if tag.startswith("geometry/"):
                     row["geom_" + tag[len("geometry/"):].replace("/", "_")] = v
-        write_json_atomic(os.path.join(trainer.log_dir, "metrics.json"), row)
+        write_json_atomic(os.path.join(log_dir, "metrics.json"), row)
