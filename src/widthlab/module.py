@@ -87,9 +87,11 @@ class LitGPT(L.LightningModule):
         loss = ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         for iv in self.interventions:
             for name, term in iv.extra_loss(self.model, logits, hidden, y).items():
-                self.log(f"train/{name}", term)
+                self.log(f"train/{name}", term, sync_dist=True)
                 loss = loss + term
-        self.log("train/loss", ce, prog_bar=True)  # the loss a baseline and any arm can be compared on
+        # The loss a baseline and any arm can be compared on. sync_dist: under DDP the logged value is the mean
+        # over ranks (the global batch's loss), not rank 0's shard; a scalar all-reduce, no host sync.
+        self.log("train/loss", ce, prog_bar=True, sync_dist=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0] if self.trainer.lr_scheduler_configs else self.hparams.lr)
         return {"loss": loss, "ce": ce.detach()}
 
