@@ -51,9 +51,11 @@ def test_intervention_decays_tied_matrix_once_and_reads_group_lr():
     model = fake_gpt(tied=True)
     iv = SignedRowDecay(gamma=-1.0)
     iv.build(model)
-    groups = [{"params": [model.embed.weight], "lr": 0.1}]
-    iv.param_groups(model, groups)
-    groups[0]["lr"] = 0.5  # a scheduler edits the dict in place
+    groups = iv.param_groups(model, [{"name": "embed", "params": [model.embed.weight], "lr": 0.1,
+                                      "weight_decay": 0.1}])
+    mine = next(g for g in groups if g["name"] == "signed_decay")
+    assert mine["weight_decay"] == 0.0 and mine["lr"] == 0.1 and groups[0]["params"] == []  # replaces AdamW decay
+    mine["lr"] = 0.5  # a scheduler edits the dict in place
     iv.after_step(model)
     assert torch.allclose(model.embed.weight.norm(dim=1), torch.full((4,), 2.0 * (1 - 0.5 * 0.5)))
 

@@ -42,8 +42,8 @@ class SignedRowDecay(Intervention):
             captured in `param_groups` (the scheduler updates that dict in place, so `after_step` sees η_t).
 
     The paper applies the decay inside AdamW's step, before the Adam update, and it replaces AdamW's own decay:
-    give these matrices weight_decay = 0. Applying it after the step instead shifts it by one step, which is
-    negligible at the paper's step counts.
+    `param_groups` gives these matrices weight_decay = 0. Applying it after the step instead shifts it by one step,
+    which is negligible at the paper's step counts.
     """
 
     KNOWN = ("embed", "unembed")
@@ -70,10 +70,20 @@ class SignedRowDecay(Intervention):
                                 "drop 'unembed' from matrices or use a linear head")
 
     def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        # torch keeps these dicts as optimizer.param_groups, so a scheduler's lr updates are visible here
-        ids = {id(w) for w in self._weights(model)}
-        self._groups = [g for g in groups if any(id(p) in ids for p in g["params"])]
-        return groups
+        # The decay replaces AdamW's own (as in the paper's optimizer): the matrices move to a group of their own,
+        # same LR as where they were, weight_decay 0. torch keeps these dicts as optimizer.param_groups, so the
+        # scheduler's LR updates are visible to after_step through self._groups.
+        ws = self._weights(model)
+        ids = {id(w) for w in ws}
+        src = next((g for g in groups if any(id(p) in ids for p in g["params"])), None)
+        if src is None:
+            return groups
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+        mine = {**{k: v for k, v in src.items() if k != "params"}, "name": "signed_decay", "params": ws,
+                "weight_decay": 0.0}
+        self._groups = [mine]
+        return groups + [mine]
 
     def current_lr(self) -> float:
         if self.lr is not None:
