@@ -28,6 +28,8 @@ def test_fit_writes_tensorboard_run_directory(tmp_path, cache_dir):
     assert m["tokens"] == 8 * 4 * 32 and m["d_model"] == 32
     assert m["val_bpb"] == pytest.approx(tags["val/bpb"][-1][1], rel=1e-6)
     assert "geom_unembed_mean_cos2" in m
+    # train_loss is the mean CE of the last (here: all 8) micro-batches, the same values TensorBoard shows
+    assert m["train_loss"] == pytest.approx(sum(v for _, v in tags["train/loss"]) / 8, rel=1e-5)
     for f in ["config.yaml", "env.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"]:
         assert (root / f).exists(), f
     # checkpoints load with weights_only=True: tensors and plain types only

@@ -45,6 +45,7 @@ class RunRecorder(L.Callback):
         self._t0 = 0.0
         self._start_step = 0
         self._losses: list[float] = []
+        self._recent: list = []
         self._val: dict[str, float] = {}
 
     def on_fit_start(self, trainer, pl_module):
@@ -56,6 +57,7 @@ class RunRecorder(L.Callback):
 
     # Kept in checkpoints, so a run resumed after its last checkpoint still reports its last validation.
     def state_dict(self) -> dict:
+        self._flush()
         return {"losses": self._losses, "val": self._val}
 
     def load_state_dict(self, state: dict) -> None:
@@ -66,13 +68,20 @@ class RunRecorder(L.Callback):
             self._val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        # Keep the last ~50 micro-batch losses for a train loss comparable to val (host sync is cheap on CPU
-        # and happens only when Lightning already synced for the progress bar on GPU).
-        if batch_idx % 10 == 0 and outputs is not None:
-            self._losses = (self._losses + [float(outputs["ce"])])[-50:]
+        # train_loss = mean CE of the last 50 micro-batches, comparable with val at the end of training. Kept as
+        # device tensors (no host sync per step) and converted in state_dict/on_fit_end. (An earlier version
+        # sampled every 10th batch of the whole run, which mixed early losses into short runs' train_loss.)
+        if outputs is not None:
+            self._recent = (self._recent + [outputs["ce"].detach()])[-50:]
+
+    def _flush(self) -> None:
+        if self._recent:
+            self._losses = (self._losses + [float(t) for t in self._recent])[-50:]
+            self._recent = []
 
     def on_fit_end(self, trainer, pl_module):
         log_dir = trainer.log_dir  # collective under DDP (see on_fit_start)
+        self._flush()
         if not trainer.is_global_zero or not log_dir:
             return
         dm = trainer.datamodule
