@@ -54,9 +54,13 @@ def loss_vs_width(m: np.ndarray, L: np.ndarray, arm: np.ndarray, boot: ScalingBo
             curves = A[ok, None] * grid[None, :] ** -al[ok, None] + E[ok, None]
             q = (1 - ci) / 2
             ax.fill_between(grid, *np.quantile(curves, [q, 1 - q], axis=0), color=s["color"], alpha=0.15, lw=0)
-    ax.axhline(boot.fit.E, color="0.5", ls=":", lw=1, label=f"E = {boot.fit.E:.3f}")
+    lo, hi = np.nanmin(L), np.nanmax(L)
+    if boot.fit.E > 0.5 * lo:  # draw the floor only when it is on the data's scale (E = 0 would squash the plot)
+        ax.axhline(boot.fit.E, color="0.5", ls=":", lw=1, label=f"E = {boot.fit.E:.3f}")
     ax.set(xscale="log", yscale="log", xlabel="width m (d_model)", ylabel="val loss (nats/token)",
-           title=f"L = A·m^-α + E, {ci:.0%} bootstrap band")
+           title=f"L = A·m^-α + E (E = {boot.fit.E:.3g}), {ci:.0%} bootstrap band")
+    pad = max((hi - lo) * 0.15, 0.01 * hi)
+    ax.set_ylim(max(lo - pad, min(boot.fit.E, lo) * 0.98 if boot.fit.E > 0.5 * lo else lo - pad), hi + pad)
     _plain_y(ax)
     ax.legend(fontsize=8)
     return fig
@@ -76,7 +80,8 @@ def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, 
             ax.plot(grid, np.exp(f.intercept) * grid ** f.slope, color=s["color"], lw=1)
     ok = np.isfinite(y) & (y > 0)
     c = np.exp(np.mean(np.log(y[ok] * m[ok])))  # 1/m through the geometric centre of the points
-    ax.plot(grid, c / grid, color="k", ls="--", lw=1, label="∝ 1/m (random isotropic rows)")
+    ax.plot(grid, c / grid, color="k", ls="--", lw=1, label="slope −1 guide (∝ 1/m)")
+    ax.plot(grid, 1 / grid, color="0.6", ls=":", lw=1, label="1/m: random isotropic rows (κ = 1)")
     ax.set(xscale="log", yscale="log", xlabel="width m", ylabel=col, title="overlap vs width")
     ax.legend(fontsize=8)
     return fig
