@@ -103,3 +103,17 @@ def test_frequency_deciles_hold_a_tenth_of_the_tokens_each(cache_dir):
     assert sum(mass) == pytest.approx(1.0)
     assert mass[0] > 0.05 and max(mass) < 0.25  # one very frequent type can overfill a bucket a little
     assert dm.model_vocab_size % 64 == 0 and dm.model_vocab_size >= dm.real_vocab_size
+
+
+def test_hf_source_through_a_local_dataset_directory(tmp_path):
+    """`hf:` is datasets.load_dataset; a local directory of jsonl files exercises the same code path offline."""
+    import json
+    rows = [{"story": f"once upon a time number {i} there was a fox .", "id": i} for i in range(60)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:50]))
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[50:]))
+    c = load_corpus(f"hf:{tmp_path}", text_column="story")
+    assert len(c.docs["train"]) == 50 and len(c.docs["valid"]) == 10
+    assert c.docs["test"] == c.docs["valid"]  # no test split: the validation split stands in
+    assert all(d.endswith("\n") for d in c.docs["train"])
+    with pytest.raises(WidthlabError, match="no column 'text'"):
+        load_corpus(f"hf:{tmp_path}")
