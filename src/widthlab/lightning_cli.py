@@ -6,7 +6,9 @@ env.json, metrics.json and checkpoints/{last,best}.ckpt. `fit --ckpt_path last` 
 from __future__ import annotations
 
 import os
+import sys
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -17,11 +19,6 @@ from widthlab.callbacks.perf import PerfMonitor
 from widthlab.callbacks.run_info import RunRecorder
 from widthlab.data import TokenDataModule
 from widthlab.module import LitGPT
-
-
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
 
 
 class WidthlabCLI(LightningCLI):
@@ -41,7 +38,7 @@ class WidthlabCLI(LightningCLI):
         root = self._get(self.config_init, "trainer.default_root_dir") or "runs/default"
         if kwargs.get("logger") in (None, True) and self._get(self.config_init, "trainer.logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="", default_hp_metric=False)
-        if self._get(self.config_init, "trainer.precision") is None and _cuda():
+        if self._get(self.config_init, "trainer.precision") is None and torch.cuda.is_available():
             kwargs["precision"] = "bf16-mixed"  # the GPU fast path; CPU stays fp32
         # Keep the recipe's own callbacks (a kwarg would replace them) and add the run recorder.
         kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [RunRecorder()]
@@ -74,7 +71,6 @@ class WidthlabCLI(LightningCLI):
 
 
 def run_lightning_cli(argv: list[str]) -> WidthlabCLI:
-    import sys
     return WidthlabCLI(
         LitGPT, TokenDataModule, args=None if argv == sys.argv[1:] else argv,
         seed_everything_default=1337,
