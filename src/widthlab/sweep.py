@@ -136,7 +136,8 @@ def _run_one(p: Point, device: int | None) -> int:
 
 def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[str, dict] | None = None,
           overrides: dict | None = None, name: str = "sweep", out_dir: str = "runs",
-          dry_run: bool = False, devices: int | None = None, coord_check: bool = False) -> str:
+          dry_run: bool = False, devices: int | None = None, coord_check: bool = False,
+          only: list[str] | None = None) -> str:
     """Run a fit recipe at every width × arm × seed; resumable.
 
     Args:
@@ -150,25 +151,34 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         dry_run: print the commands and exit
         devices: parallel runs, one per GPU (default: the number of visible GPUs, or 1 on CPU)
         coord_check: first run a μP coordinate check per arm (a few steps per width) into <sweep>/<arm>/coord_check
+        only: run just these arms now (results.csv still lists every finished run of the sweep)
 
     Returns:
         the path of results.csv
     """
     root = os.path.join(out_dir, name)
     points = plan(recipe, widths, seeds, arms or {}, overrides or {}, root)
+    if only is not None:
+        unknown = sorted(set(only) - {p.arm for p in points})
+        if unknown:
+            raise WidthlabError(f"--only names unknown arms {unknown}; the sweep's arms are "
+                                f"{list(dict.fromkeys(p.arm for p in points))}")
+    run_points = [p for p in points if only is None or p.arm in only]
     if dry_run:
-        for p in points:
+        for p in run_points:
             print("python -m train " + " ".join(p.args))
         return os.path.join(root, "results.csv")
-    validate(points)
+    validate(run_points)
     os.makedirs(root, exist_ok=True)
     if coord_check:  # plain dicts (not instantiated objects) travel to the recipe parser, as for the runs
         from widthlab.coord_check import coord_check as run_coord_check
         for arm, ov in (arms or {"baseline": {}}).items():
+            if only is not None and arm not in only:
+                continue
             run_coord_check(recipe=recipe, widths=widths, steps=5, seed=seeds[0],
                             out=os.path.join(root, arm, "coord_check"), overrides={**(overrides or {}), **(ov or {})})
-    todo = [p for p in points if not os.path.isfile(os.path.join(p.run_dir, "metrics.json"))]
-    print(f"sweep {name}: {len(points)} runs, {len(points) - len(todo)} already finished", flush=True)
+    todo = [p for p in run_points if not os.path.isfile(os.path.join(p.run_dir, "metrics.json"))]
+    print(f"sweep {name}: {len(run_points)} runs, {len(run_points) - len(todo)} already finished", flush=True)
     import torch
 
     n_dev = devices or max(1, torch.cuda.device_count())
@@ -183,7 +193,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         status = "done" if rc == 0 else f"FAILED (exit {rc}, see {p.run_dir}/stdout.log)"
         if rc:
             failed.append(p.run_dir)
-        print(f"[{len(rows)}/{len(points)}] {p.arm} d={p.width} seed={p.seed}: {status} in {time.time() - t:.0f}s",
+        print(f"[{i + 1}/{len(todo)}] {p.arm} d={p.width} seed={p.seed}: {status} in {time.time() - t:.0f}s",
               flush=True)
 
     with ThreadPoolExecutor(max_workers=n_dev) as ex:
