@@ -17,13 +17,17 @@ A, ALPHA, E, K = 30.0, 0.9, 3.0, 1.3          # the "packed" arm is the baseline
 RECIPE = {"data_source": "ptb", "vocab_size": 4096, "n_layer": 2, "seq_len": 64}
 
 
-def make_sweep(root, recipe_of=lambda arm: RECIPE, drop_csv_col=None):
+def power_law(arm, w):
+    return (A if arm == "baseline" else A * K ** -ALPHA) * w ** -ALPHA + E
+
+
+def make_sweep(root, recipe_of=lambda arm: RECIPE, drop_csv_col=None, loss_of=power_law, widths=WIDTHS):
     rng = np.random.default_rng(0)
     rows = []
-    for arm, a_arm in (("baseline", A), ("packed", A * K ** -ALPHA)):
-        for w in WIDTHS:
+    for arm in ("baseline", "packed"):
+        for w in widths:
             for s in SEEDS:
-                loss = a_arm * w ** -ALPHA + E + rng.normal(0, 0.005)
+                loss = loss_of(arm, w) + rng.normal(0, 0.005)
                 params = 2 * 4096 * w + 24 * w * w
                 d = root / arm / f"d{w}" / f"s{s}"
                 d.mkdir(parents=True)
@@ -66,6 +70,12 @@ def test_compare_recovers_fit_and_writes_report(tmp_path):
     assert json.loads((sweep / "compare.json").read_text())["n_fit"] == 16
     report = (sweep / "report.md").read_text()
     assert "beats the curve" in report and "| packed | 64 |" in report
+    assert res["fit"]["not_identified"] == [] and "not identified" not in report
+    # the power-law-free multiplier agrees where the packed arm's loss lies inside the baseline's range
+    inter = res["interpolated"]["packed"]
+    assert [inter[w]["m"]["kind"] for w in WIDTHS] == ["", "", "", ">"]
+    assert all(abs(inter[w]["m"]["est"] - K) < 0.05 for w in WIDTHS[:3])
+    assert inter[256]["m"]["est"] == 1.0 and "| packed | 256 | > 1 |" in report
 
     tb = [p.parent for p in (sweep / "tb_compare").rglob("events.out.tfevents.*")]
     acc = EventAccumulator(str(tb[0]), size_guidance={"images": 0})
@@ -84,6 +94,20 @@ def test_cli_and_run_dirs(tmp_path, capsys):
     dirs = [str(p) for p in sorted(sweep.glob("*/d*/s*"))]
     res = compare(dirs, n_boot=20, out=str(tmp_path / "out2"))
     assert res["n_fit"] == 16 and res["k"]["packed"]["est"] > 1
+
+
+def test_an_unidentified_fit_gets_no_curve_verdict(tmp_path):
+    # Loss linear in log m (a training-limited sweep looks like this): any α with a matching E fits, E runs
+    # to its bound 0 and the fitted k_C is an extrapolation, so the verdict must come from measured points.
+    sweep = make_sweep(tmp_path / "sweep", widths=(64, 128, 256),
+                       loss_of=lambda arm, w: 6.0 - 0.2 * np.log(w) - (0.1 if arm == "packed" else 0.0))
+    res = compare(str(sweep), n_boot=60)
+    assert res["fit"]["not_identified"] and "E at its bound 0" in res["fit"]["not_identified"]
+    assert res["verdict"]["packed"].startswith("no curve verdict")
+    report = (sweep / "report.md").read_text()
+    assert "**warning**: the fit is not identified" in report
+    # 0.1 nats on a slope of 0.2 per e-fold of width: the baseline at e^0.5 = 1.65× the width (±seed noise)
+    assert abs(res["interpolated"]["packed"][64]["m"]["est"] - np.exp(0.5)) < 0.1
 
 
 def test_data_limited_runs_are_flagged_and_excluded(tmp_path):

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from widthlab.scaling.fit import (bootstrap_scaling, effective_width, fit_loglog, fit_scaling, multipliers,
-                                  welch_t, width_multiplier)
+from widthlab.scaling.fit import (bootstrap_scaling, effective_width, fit_loglog, fit_scaling,
+                                  interpolated_equivalent, multipliers, welch_t, width_multiplier)
 
 WIDTHS = np.array([32, 64, 128, 256, 512])
 A, ALPHA, E, K = 30.0, 0.9, 3.0, 1.3
@@ -29,6 +29,36 @@ def test_exact_recovery_and_k_inversion():
     np.testing.assert_allclose(effective_width(A * WIDTHS ** -ALPHA + E, A, ALPHA, E), WIDTHS, rtol=1e-9)
     d = multipliers(f, m, L, arm)
     assert all(d[f"k_m/packed/{w}"] == pytest.approx(K, rel=1e-6) for w in WIDTHS)
+
+
+def test_interpolated_equivalent_needs_no_power_law():
+    # On a curve linear in log x the interpolation is exact: L = 5 − 0.3·ln x, so L − c sits at x·e^(c/0.3).
+    x = np.array([64.0, 128.0, 256.0])
+    L = 5 - 0.3 * np.log(x)
+    for m, c in ((64.0, 0.1), (100.0, 0.05), (128.0, 0.2)):
+        x_eq, kind = interpolated_equivalent(x, L, 5 - 0.3 * np.log(m) - c)
+        assert kind == "" and x_eq == pytest.approx(m * np.exp(c / 0.3), rel=1e-12)
+    assert interpolated_equivalent(x, L, L[1]) == (128.0, "")          # a measured point maps to itself
+    assert interpolated_equivalent(x, L, L[-1] - 0.01) == (256.0, ">")  # beats the widest: a lower bound
+    assert interpolated_equivalent(x, L, L[0] + 0.01) == (64.0, "<")    # worse than the narrowest: upper bound
+    assert interpolated_equivalent(x, L, np.nan)[1] == "nan"
+    # a non-monotone baseline (the widest trained worse) is made monotone: it defines no new loss level
+    L_bad = np.array([4.8, 4.6, 4.7])
+    assert interpolated_equivalent(x, L_bad, 4.7) == pytest.approx((64 * 2 ** 0.5, ""))
+    assert interpolated_equivalent(x, L_bad, 4.59) == (256.0, ">")
+    # order of the inputs does not matter
+    assert interpolated_equivalent(x[::-1], L[::-1], L[0] - 0.1) == interpolated_equivalent(x, L, L[0] - 0.1)
+
+
+def test_interpolated_multipliers_close_to_the_truth_inside_the_range():
+    m, L, arm = sweep(seeds=1)
+    d = multipliers(fit_scaling(m, L, arm), m, L, arm, C=6 * m ** 2)
+    # the packed arm at m equals the baseline at 1.3·m: inside the range the monotone cubic is within 3 % of
+    # that on a power law sampled at doublings; at the widest width only a bound exists (NaN here)
+    for w in WIDTHS[:-1]:
+        assert d[f"k_int/packed/{w}"] == pytest.approx(K, rel=0.03)
+        assert d[f"k_intC/packed/{w}"] == pytest.approx(K ** 2, rel=0.06)  # FLOPs ∝ m²: k_C = k²
+    assert np.isnan(d[f"k_int/packed/{WIDTHS[-1]}"]) and d["k_int/baseline/64"] == 1.0
 
 
 def test_free_alpha_and_fixed_E():

@@ -97,6 +97,12 @@ def test_bad_input_fails_before_any_run_dir(tmp_path, cache_dir, widths, arms, m
 
 def test_compare_on_a_three_width_sweep(swept, tmp_path):
     # Widening the same sweep runs only the new width; compare needs >= 3 baseline widths to fit L(m).
+    # First --only baseline: results.csv still lists the other arm's finished runs, but not its new width.
+    with pytest.raises(WidthlabError, match=r"unknown arms \['nope'\]"):
+        sweep(widths=[32, 64, 96], arms=swept["arms"], only=["nope"], **swept["kw"])
+    path = sweep(widths=[32, 64, 96], arms=swept["arms"], only=["baseline"], **swept["kw"])
+    assert sorted((r["arm"], int(r["d_model"])) for r in rows(path)) == [
+        ("baseline", 32), ("baseline", 64), ("baseline", 96), ("zloss", 32), ("zloss", 64)]
     path = sweep(widths=[32, 64, 96], arms=swept["arms"], **swept["kw"])
     final = rows(path)
     assert sorted((r["arm"], int(r["d_model"])) for r in final) == [

@@ -21,13 +21,17 @@ Multipliers. Inverting the baseline curve gives the width that would reach a los
 and k(m) = m_eq(L_arm(m)) / m. With shared α the curves are parallel and k = (A_base / A_arm)^(1/α) at every m.
 The same inversion on the baseline's L(N) and L(C) fits gives k_N = N_base(L_arm)/N_arm and
 k_C = C_base(L_arm)/C_arm, the params- and compute-equivalent gains. Summaries over widths are geometric means.
+
+When the widths do not pin α and E apart (training-limited sweeps), those multipliers are extrapolations of an
+arbitrary curve. `interpolated_equivalent` needs no power law: it reads m_eq (or C_eq) off the baseline's own
+measured points (monotone cubic in log x); outside the measured range it gives only a bound.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import interpolate, optimize, stats
 
 ALPHA_BOUNDS = (0.02, 4.0)  # widths 32…512 cannot tell α outside this apart from E moving
 _GRID = 24  # log-spaced: neighbours differ by 25 %, then Brent refines between them
@@ -188,6 +192,36 @@ def width_multiplier(m, L, A_base: float, alpha_base: float, E: float) -> np.nda
     return effective_width(L, A_base, alpha_base, E) / np.asarray(m, float)
 
 
+def interpolated_equivalent(x_base, L_base, L: float) -> tuple[float, str]:
+    """Baseline x (width or FLOPs) whose measured loss equals L, read off the baseline's points → (x_eq, kind).
+
+    x_base, L_base: the baseline's cell means. The baseline is made monotone first (a wider model that trained
+    worse than a narrower one defines no new loss level and is dropped). log x is then interpolated as a
+    function of L by a monotone cubic (PCHIP): exact on curves linear in log x, within ~3 % of k on a power
+    law sampled at doublings (straight lines there overestimate k by ~5 %, always upward, as L is convex in
+    log x). kind: "" for an interpolated value, ">" when L is below every baseline loss (x_eq is then the largest
+    x: a lower bound), "<" when L is above every baseline loss (x_eq the smallest x: an upper bound), "nan" for
+    NaN input.
+    """
+    x_base, L_base = np.asarray(x_base, float), np.asarray(L_base, float)
+    o = np.argsort(x_base)
+    xb, Lb = x_base[o], L_base[o]
+    x_max = float(xb[-1])  # beating every measured baseline bounds m_eq by the widest one, trained well or not
+    keep = np.r_[True, Lb[1:] < np.minimum.accumulate(Lb)[:-1]]  # strictly new loss levels only
+    xb, Lb = xb[keep], Lb[keep]
+    if not np.isfinite(L):
+        return float("nan"), "nan"
+    if L < Lb[-1]:
+        return x_max, ">"
+    if L > Lb[0]:
+        return float(xb[0]), "<"
+    hit = np.flatnonzero(Lb == L)
+    if hit.size:
+        return float(xb[hit[0]]), ""
+    g = interpolate.PchipInterpolator(Lb[::-1], np.log(xb[::-1]))  # L increasing ↔ x decreasing
+    return float(np.exp(g(L))), ""
+
+
 def _geomean(k) -> float:
     k = np.asarray(k, float)
     if k.size == 0 or np.isnan(k).any():
@@ -210,7 +244,8 @@ def multipliers(fit: ScalingFit, m, L, arm, N=None, N_nonembed=None, C=None) -> 
     """Every derived number for one fit, as a flat dict (the unit the bootstrap resamples).
 
     Keys: `alpha` (NaN unless shared), `alpha/<arm>`, `A/<arm>`, `E`, `k/<arm>`; per width `k_m/<arm>/<m>`
-    from the observed mean loss of the cell; and, for each cost axis given (`N` total params, `Nne`
+    from the observed mean loss of the cell; `k_int/<arm>/<m>` (and `k_intC/…` when C is given) read off the
+    baseline's measured points by `interpolated_equivalent`, NaN outside their range; and, for each cost axis given (`N` total params, `Nne`
     non-embedding params, `C` training FLOPs): the baseline fit `fit<X>/A|a|E`, `k_<X>/<arm>/<m>` and the
     geometric-mean summary `k_<X>/<arm>`. NaN where a number cannot be formed (e.g. < 3 distinct baseline N).
     """
@@ -223,6 +258,15 @@ def multipliers(fit: ScalingFit, m, L, arm, N=None, N_nonembed=None, C=None) -> 
     Lbar = {key: float(np.nanmean(L[i])) for key, i in cells.items()}
     for (a, w), Lc in Lbar.items():
         out[f"k_m/{a}/{int(w)}"] = float(width_multiplier(w, Lc, fit.A[b], fit.alpha[b], fit.E))
+    base_cells = [(w, Lc) for (a, w), Lc in Lbar.items() if a == b]
+    Cbar = ({key: float(np.nanmean(np.asarray(C, float)[i])) for key, i in cells.items()} if C is not None else {})
+    for (a, w), Lc in Lbar.items():
+        x_eq, kind = interpolated_equivalent([w_ for w_, _ in base_cells], [l for _, l in base_cells], Lc)
+        out[f"k_int/{a}/{int(w)}"] = x_eq / w if kind == "" else float("nan")
+        if Cbar:
+            cb = [Cbar[(b, w_)] for w_, _ in base_cells]
+            x_eq, kind = interpolated_equivalent(cb, [l for _, l in base_cells], Lc)
+            out[f"k_intC/{a}/{int(w)}"] = x_eq / Cbar[(a, w)] if kind == "" else float("nan")
     for name, cost in (("N", N), ("Nne", N_nonembed), ("C", C)):
         if cost is None:
             continue

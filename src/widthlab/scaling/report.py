@@ -17,7 +17,8 @@ import numpy as np
 
 from widthlab import WidthlabError
 from widthlab.scaling import events, plots
-from widthlab.scaling.fit import ScalingBootstrap, bootstrap_scaling, fit_loglog, welch_t
+from widthlab.scaling.fit import (ScalingBootstrap, bootstrap_scaling, fit_loglog, interpolated_equivalent,
+                                  welch_t)
 
 RECIPE_KEYS = ("data_source", "vocab_size", "n_layer", "seq_len")  # must agree for runs to share one curve
 STR_COLS = {"arm", "run_dir", "data_source"}
@@ -238,8 +239,64 @@ def _summary(boot, overlap, welch, runs, n_boot, max_gap, max_epochs, include_li
         res[f"fit_{name}"] = {p: boot.est.get(f"fit{name}/{p}") for p in ("A", "a", "E")}
         res[f"k_{name}"] = {a: _iv(boot, f"k_{name}/{a}") for a in f.arms}
         res[f"k_{name}_m"] = {a: per_width(f"k_{name}", a) for a in f.arms}
+    res["fit"]["not_identified"] = _unidentified(res["fit"])
+    res["interpolated"] = _interpolated(boot, runs)
     res["verdict"] = {a: _verdict(res["k_C"][a]) for a in f.arms if a != b}
+    if res["fit"]["not_identified"]:
+        res["verdict"] = {a: f"no curve verdict: the fit is not identified ({'; '.join(res['fit']['not_identified'])}) "
+                             f"and its k_C = {_fmt(res['k_C'][a])} extrapolates; measured-point k_C(m): "
+                             f"{_interp_line(res['interpolated'][a], 'C')}" for a in res["verdict"]}
     return res
+
+
+def _unidentified(f: dict) -> list[str]:
+    """Why the widths do not pin α and E apart (empty when they do): then k, k_N, k_C extrapolate a guess."""
+    why = []
+    if not f["fix_E"] and f["E"]["est"] <= 1e-9:
+        why.append("E at its bound 0")
+    if f["alpha_at_bound"]:
+        why.append("α at its search bound")
+    a = f["alpha"]
+    if f["shared_alpha"] and a["lo"] > 0 and a["hi"] / a["lo"] > 3:
+        why.append(f"α's CI spans ×{a['hi'] / a['lo']:.0f}")
+    return why
+
+
+def _interpolated(boot: ScalingBootstrap, runs: list[dict]) -> dict:
+    """Per arm and width: k_int (width) and k_intC (FLOPs) read off the baseline's measured cells, no power law.
+    `kind` is "" (interpolated), ">"/"<" (only a bound: outside the baseline's loss range). CIs only when
+    ≥ 95 % of the bootstrap draws stayed inside the range (otherwise the interval would be conditional)."""
+    b = boot.fit.baseline
+    cells: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["_fit"]:
+            cells.setdefault((r["arm"], r["d_model"]), []).append(r)
+    mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if all(k in r for r in rs) else float("nan")  # noqa
+    base = sorted((w, mean(rs, "val_loss"), mean(rs, "flops")) for (a, w), rs in cells.items() if a == b)
+    out: dict[str, dict] = {}
+    for (a, w), rs in sorted(cells.items()):
+        L, C = mean(rs, "val_loss"), mean(rs, "flops")
+        row = {}
+        for name, xs, x in (("", [p[0] for p in base], w), ("C", [p[2] for p in base], C)):
+            x_eq, kind = interpolated_equivalent(xs, [p[1] for p in base], L)
+            draws = boot.samples.get(f"k_int{name}/{a}/{w}", np.array([]))
+            ok = np.isfinite(draws).mean() >= 0.95 if draws.size else False
+            lo, hi = boot.ci.get(f"k_int{name}/{a}/{w}", (math.nan, math.nan)) if ok else (math.nan, math.nan)
+            row[name or "m"] = {"est": x_eq / x, "kind": kind, "lo": lo, "hi": hi}
+        out.setdefault(a, {})[int(w)] = row
+    return out
+
+
+def _fmt_int(d: dict) -> str:
+    if d["kind"] == "nan":
+        return "nan"
+    if d["kind"]:
+        return f"{d['kind']} {d['est']:.3g}"
+    return f"{d['est']:.3g}" + (f" [{d['lo']:.3g}, {d['hi']:.3g}]" if math.isfinite(d["lo"]) else "")
+
+
+def _interp_line(per_width: dict, key: str) -> str:
+    return ", ".join(f"m={w}: {_fmt_int(v['C' if key == 'C' else 'm'])}" for w, v in sorted(per_width.items()))
 
 
 def _fmt(d: dict, digits: int = 3) -> str:
@@ -275,8 +332,10 @@ def _markdown(res: dict, boot: ScalingBootstrap, runs: list[dict], figs: dict) -
               "", f"- E = {_fmt(f['E'], 4)} nats/token"]
     if f["shared_alpha"]:
         lines.append(f"- α = {_fmt(f['alpha'])}")
-    if f["alpha_at_bound"]:
-        lines.append("- **warning**: α sits on its search bound; the widths do not pin α and E apart.")
+    if f["not_identified"]:
+        lines.append(f"- **warning**: the fit is not identified ({'; '.join(f['not_identified'])}): the widths do "
+                     "not pin α and E apart, so k, k_N and k_C below extrapolate one of many curves that fit "
+                     "equally well. Trust the interpolated multipliers (next section but one) instead.")
     lines += ["", "| arm | α | A | k (summary) | k_N (params) | k_N (non-embed) | k_C (FLOPs) |",
               "|---|---|---|---|---|---|---|"]
     for a in res["arms"]:
@@ -300,6 +359,15 @@ def _markdown(res: dict, boot: ScalingBootstrap, runs: list[dict], figs: dict) -
             tt = (f"{t['diff']:+.4f} | {t['t']:.2f} | {t['dof']:.1f} | {t['p']:.3g}" if t else "– | – | – | –")
             lines.append(f"| {a} | {w} | {_fmt(km)} | {_fmt(res['k_N_m'][a].get(w, _NA))} | "
                          f"{_fmt(res['k_C_m'][a].get(w, _NA))} | {tt} |")
+    lines += ["", "### Interpolated multipliers (no power law)", "",
+              "m_eq and C_eq read off the baseline's own measured cells, linear in log x between the two that "
+              "bracket the arm's loss (baseline made monotone first). `> x` / `< x`: the arm's loss lies outside "
+              "the baseline's measured range, so only a bound is known; wider baselines would turn it into a "
+              "number. CIs from the same bootstrap, shown when ≥ 95 % of draws stayed in range.", "",
+              "| arm | m | k_int(m) (width) | k_int,C(m) (FLOPs) |", "|---|---|---|---|"]
+    for a in res["arms"]:
+        for w, v in sorted(res["interpolated"].get(a, {}).items()):
+            lines.append(f"| {a} | {w} | {_fmt_int(v['m'])} | {_fmt_int(v['C'])} |")
     lines += ["", "## Overlap: mean cos² of normalised rows vs m", ""]
     if not res["overlap_slope"]:
         lines.append("No `geom_*_mean_cos2` columns in these runs.")
