@@ -67,6 +67,16 @@ def _fails(args, capsys, match):
     (["--data.source", "text:/nonexistent/*.txt"], "no text files"),
     (["--model.d_model", "48"], "not divisible by head_dim"),
     (["--data.seq_len", "200000"], "lower data.seq_len"),
+    # interventions: unknown class, nonsensical value, incompatible with the model, a matrix that does not exist
+    (["--model.interventions", '[{"class_path": "widthlab.interventions.NoSuchIdea"}]'], "NoSuchIdea"),
+    (["--model.interventions", '[{"class_path": "widthlab.interventions.BigramHashEmbedding", '
+      '"init_args": {"table_size": -5}}]'], "table_size must be an int >= 2"),
+    (["--model.interventions", '[{"class_path": "widthlab.interventions.MixtureOfSoftmaxes", "init_args": {"k": 0}}]'],
+     "k must be an int >= 1"),
+    (["--model.tie_embeddings", "true", "--model.interventions",
+      '[{"class_path": "widthlab.interventions.WideHead", "init_args": {"width": 64}}]'], "model.tie_embeddings: false"),
+    (["--model.interventions", '[{"class_path": "widthlab.interventions.SignedRowDecay", '
+      '"init_args": {"gamma": -1.0, "matrices": ["lm_head"]}}]'], "lm_head"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, cache_dir, capsys, extra, match):
     root = tmp_path / "run"

@@ -35,6 +35,21 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from widthlab.lightning_cli import run_lightning_cli
             run_lightning_cli(argv)
-    except WidthlabError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        # jsonargparse wraps errors raised while it instantiates a class (an intervention's argument check) in
+        # a ValueError about Union subtypes; the user's one-line message is in the chain.
+        cause = _widthlab_cause(e)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _widthlab_cause(e: BaseException | None) -> WidthlabError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, WidthlabError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
