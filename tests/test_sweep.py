@@ -87,6 +87,11 @@ def test_killed_sweep_resumes_and_keeps_one_row_per_run(swept):
     ([32, 64], {"baseline": {}, "typo": {"model.no_such_knob": 1}}, "arm 'typo'"),
     ([32, 64], {"bad_iv": {"model.interventions": [{"class_path": "widthlab.interventions.NoSuchIdea"}]}},
      "arm 'bad_iv'"),
+    # caught by building each arm's model before any run: an intervention's own checks
+    ([32, 64], {"neg": {"model.interventions": [{"class_path": "widthlab.interventions.BigramHashEmbedding",
+                                                  "init_args": {"table_size": -5}}]}}, "arm 'neg'.*table_size"),
+    ([32, 64], {"tied": {"model.tie_embeddings": True, "model.interventions": [
+        {"class_path": "widthlab.interventions.WideHead", "init_args": {"width": 64}}]}}, "arm 'tied'.*tie_embeddings"),
 ])
 def test_bad_input_fails_before_any_run_dir(tmp_path, cache_dir, widths, arms, match):
     with pytest.raises(WidthlabError, match=match):

@@ -73,22 +73,53 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
 
 
 def validate(points: list[Point]) -> None:
-    """Parse each arm's first point with --print_config: an unknown key or a bad value fails before any training."""
+    """Before any training: parse each arm's first point with --print_config (an unknown key or a bad value fails),
+    then build its model at every width, so an intervention's own checks (a nonsensical value, a head swap on a tied
+    model, a matrix that does not exist) fail here too, not minutes into the sweep."""
+    from widthlab.cli import _widthlab_cause
     from widthlab.lightning_cli import run_lightning_cli
 
-    seen = set()
+    widths: dict[str, list[int]] = {}
     for p in points:
-        if p.arm in seen:
+        widths.setdefault(p.arm, []).append(p.width)
+    for p in points:
+        if p.arm not in widths:
             continue
-        seen.add(p.arm)
-        err = io.StringIO()
+        err, out = io.StringIO(), io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 run_lightning_cli(p.args + ["--print_config"])
         except SystemExit as e:
             if e.code:
                 msg = [l for l in err.getvalue().splitlines() if "error" in l.lower()] or ["invalid override"]
                 raise WidthlabError(f"arm '{p.arm}': {msg[-1].strip()}") from None
+        except Exception as e:
+            cause = _widthlab_cause(e)
+            if cause is None:
+                raise
+            raise WidthlabError(f"arm '{p.arm}': {cause}") from None
+        _build_models(p.arm, yaml.safe_load(out.getvalue()) or {}, widths.pop(p.arm))
+
+
+def _build_models(arm: str, config: dict, widths: list[int]) -> None:
+    """Instantiate LitGPT (and so the GPT with the arm's interventions) at each width, without data or trainer."""
+    from jsonargparse import ArgumentParser
+
+    from widthlab.cli import _widthlab_cause
+    from widthlab.module import LitGPT
+
+    model = dict(config.get("model") or {})
+    vocab = int((config.get("data") or {}).get("vocab_size", model.get("vocab_size", 4096)))
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(LitGPT, "model")
+    for w in widths:
+        try:
+            cfg = parser.parse_object({"model": {**model, "d_model": w, "vocab_size": vocab,
+                                                 "real_vocab_size": vocab, "compile": False}})
+            parser.instantiate_classes(cfg)
+        except Exception as e:
+            cause = _widthlab_cause(e)
+            raise WidthlabError(f"arm '{arm}' at d_model={w}: {cause or str(e).splitlines()[0]}") from None
 
 
 def collect(root: str, points: list[Point]) -> list[dict]:
