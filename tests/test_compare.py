@@ -110,6 +110,29 @@ def test_an_unidentified_fit_gets_no_curve_verdict(tmp_path):
     assert abs(res["interpolated"]["packed"][64]["m"]["est"] - np.exp(0.5)) < 0.1
 
 
+def test_a_run_listed_twice_is_kept_once(tmp_path):
+    # An archived results.csv without run dirs (e.g. docs/results/…) next to the live sweep: same runs, same losses.
+    sweep = make_sweep(tmp_path / "sweep")
+    with open(sweep / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+
+    def write(rs):
+        with open(archive / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[k for k in rs[0] if k != "run_dir"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rs)
+
+    write(rows)
+    res = compare([str(archive), str(sweep)], n_boot=20, out=str(tmp_path / "out"))
+    assert res["n_runs"] == 16 and res["n_fit"] == 16
+    rows[0]["val_loss"] = str(float(rows[0]["val_loss"]) + 0.1)  # same configuration, another result
+    write(rows)
+    with pytest.raises(WidthlabError, match="two different runs of arm 'baseline' at d_model=32"):
+        compare([str(archive), str(sweep)], n_boot=20, out=str(tmp_path / "out"))
+
+
 def test_data_limited_runs_are_flagged_and_excluded(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     with pytest.raises(WidthlabError, match="include_limited"):

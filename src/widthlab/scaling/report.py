@@ -60,7 +60,7 @@ def _run_dir(row: dict, sweep: Path) -> Path | None:
 def load_runs(paths: list[str]) -> list[dict]:
     """One dict per run from sweep dirs (results.csv), run dirs (metrics.json), or dirs holding run dirs.
     Adds `_dir` (resolved run dir or None) and `_scalars` (event-file scalars); fills missing metrics from
-    the event files and `flops` from flops_per_token·tokens. A run seen twice is kept once."""
+    the event files and `flops` from flops_per_token·tokens. A run seen twice is kept once (see below)."""
     found: dict[object, dict] = {}
     for p in map(Path, paths):
         if (p / "results.csv").is_file():
@@ -76,8 +76,17 @@ def load_runs(paths: list[str]) -> list[dict]:
         for r, d in rows:
             r.setdefault("arm", "baseline")  # a plain `fit` run is its own baseline
             r["_dir"] = d
-            key = str(d) if d is not None else ("nodir", r["arm"], r.get("d_model"), r.get("seed"))
-            found[key] = r
+            # One configuration (arm, width, seed) is one run: runs are deterministic, so the same one listed
+            # by two sources (a sweep dir and an archived results.csv) has the same loss and is kept once, with
+            # its run dir if either has one; two different losses mean two different experiments.
+            key = (r["arm"], r.get("d_model"), r.get("seed", 0))
+            old = found.get(key)
+            if old is not None and old["_dir"] != d and old.get("val_loss") != r.get("val_loss"):
+                raise WidthlabError(f"two different runs of arm {key[0]!r} at d_model={key[1]}, seed {key[2]} "
+                                    f"(val_loss {old.get('val_loss')} vs {r.get('val_loss')}; second from {p}): "
+                                    "compare one sweep's runs, or rename an arm")
+            if old is None or old["_dir"] is None:
+                found[key] = r
     runs = list(found.values())
     for r in runs:
         r["_scalars"] = events.read_scalars(r["_dir"]) if r["_dir"] is not None else {}
