@@ -100,6 +100,12 @@ def test_single_seed_uses_residual_bootstrap():
     m, L, arm = sweep(seeds=1)
     b = bootstrap_scaling(m, L + np.random.default_rng(2).normal(0, 0.01, len(L)), arm, n_boot=50)
     assert b.method == "residuals" and b.ci["alpha"][1] > b.ci["alpha"][0]
+    # measured-point multipliers are resampled about the measured losses, not the fitted curve, so their CIs are
+    # centred on their own point estimates even where the curve misses a point (here the baseline at m = 128)
+    L2 = np.where((arm == "baseline") & (m == 128), L + 0.05, L)
+    b = bootstrap_scaling(m, L2, arm, n_boot=200)
+    k, (lo, hi) = b.est["k_int/packed/32"], b.ci["k_int/packed/32"]
+    assert abs(np.log(k) - (np.log(lo) + np.log(hi)) / 2) < 0.25 * (np.log(hi) - np.log(lo))
 
 
 def test_k_N_k_C_and_loss_below_floor():

@@ -240,7 +240,7 @@ def _cells(m, arm) -> dict[tuple[str, float], np.ndarray]:
     return {k: np.array(v) for k, v in sorted(out.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))}
 
 
-def multipliers(fit: ScalingFit, m, L, arm, N=None, N_nonembed=None, C=None) -> dict[str, float]:
+def multipliers(fit: ScalingFit, m, L, arm, N=None, N_nonembed=None, C=None, L_obs=None) -> dict[str, float]:
     """Every derived number for one fit, as a flat dict (the unit the bootstrap resamples).
 
     Keys: `alpha` (NaN unless shared), `alpha/<arm>`, `A/<arm>`, `E`, `k/<arm>`; per width `k_m/<arm>/<m>`
@@ -248,6 +248,8 @@ def multipliers(fit: ScalingFit, m, L, arm, N=None, N_nonembed=None, C=None) -> 
     baseline's measured points by `interpolated_equivalent`, NaN outside their range; and, for each cost axis given (`N` total params, `Nne`
     non-embedding params, `C` training FLOPs): the baseline fit `fit<X>/A|a|E`, `k_<X>/<arm>/<m>` and the
     geometric-mean summary `k_<X>/<arm>`. NaN where a number cannot be formed (e.g. < 3 distinct baseline N).
+    L_obs: losses for the interpolated keys when they differ from L (the residual bootstrap centres the fit's
+    draws on the fitted curve but the measured-point draws on the measured losses).
     """
     m, L, arm = np.asarray(m, float), np.asarray(L, float), np.asarray(arm, dtype=object)
     b = fit.baseline
@@ -258,9 +260,10 @@ def multipliers(fit: ScalingFit, m, L, arm, N=None, N_nonembed=None, C=None) -> 
     Lbar = {key: float(np.nanmean(L[i])) for key, i in cells.items()}
     for (a, w), Lc in Lbar.items():
         out[f"k_m/{a}/{int(w)}"] = float(width_multiplier(w, Lc, fit.A[b], fit.alpha[b], fit.E))
-    base_cells = [(w, Lc) for (a, w), Lc in Lbar.items() if a == b]
+    Lobs = Lbar if L_obs is None else {key: float(np.nanmean(np.asarray(L_obs, float)[i])) for key, i in cells.items()}
+    base_cells = [(w, Lc) for (a, w), Lc in Lobs.items() if a == b]
     Cbar = ({key: float(np.nanmean(np.asarray(C, float)[i])) for key, i in cells.items()} if C is not None else {})
-    for (a, w), Lc in Lbar.items():
+    for (a, w), Lc in Lobs.items():
         x_eq, kind = interpolated_equivalent([w_ for w_, _ in base_cells], [l for _, l in base_cells], Lc)
         out[f"k_int/{a}/{int(w)}"] = x_eq / w if kind == "" else float("nan")
         if Cbar:
@@ -310,7 +313,9 @@ def bootstrap_scaling(m, L, arm, baseline: str = "baseline", shared_alpha: bool 
     which with 2–4 seeds makes CIs visibly narrow, so resampled losses are re-spread about their cell mean by
     √(n/(n−1)) (costs stay as drawn). If some cell holds a single run, case resampling
     would give it zero variance, so we resample the fit's residuals instead (scaled by √(n/(n−p)) for the
-    p fitted parameters). m, L, arm, N, N_nonembed, C: (n,) per-run arrays as in `multipliers`.
+    p fitted parameters): added to the fitted curve for the fit's numbers, to the measured losses for the
+    measured-point multipliers k_int. With one seed those residuals mix seed noise with the curve's lack of fit,
+    so the CIs are conservative. m, L, arm, N, N_nonembed, C: (n,) per-run arrays as in `multipliers`.
     """
     m, L, arm = np.asarray(m, float), np.asarray(L, float), np.asarray(arm, dtype=object)
     costs = {k: (None if v is None else np.asarray(v, float)) for k, v in
@@ -335,11 +340,13 @@ def bootstrap_scaling(m, L, arm, baseline: str = "baseline", shared_alpha: bool 
             i = np.concatenate([rng.choice(c, len(c)) for c in cells])
             mb, Lb, ab = m[i], L[i] + shrink[i] * (L[i] - Lcell[i]), arm[i]
             cb = {k: (None if v is None else v[i]) for k, v in costs.items()}
+            Lo = None
         else:
-            mb, Lb, ab, cb = m, fitted + rng.choice(resid, len(L)), arm, costs
+            e = rng.choice(resid, len(L))
+            mb, Lb, ab, cb, Lo = m, fitted + e, arm, costs, L + e
         try:
             fb = fit_scaling(mb, Lb, ab, baseline, shared_alpha, fix_E)
-            draws.append(multipliers(fb, mb, Lb, ab, **cb))
+            draws.append(multipliers(fb, mb, Lb, ab, **cb, L_obs=Lo))
         except (ValueError, np.linalg.LinAlgError):
             continue  # counted by n_ok
     samples = {k: np.array([d.get(k, np.nan) for d in draws]) for k in est}
