@@ -87,26 +87,32 @@ def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, 
     return fig
 
 
-def multiplier(boot: ScalingBootstrap) -> Figure:
-    """Pointwise k(m) per arm with CI error bars; the summary k as a horizontal line; 1 = no gain."""
+def multiplier(boot: ScalingBootstrap, key: str = "k_m") -> Figure:
+    """Pointwise k(m) per arm with CI error bars; the summary k as a horizontal line; 1 = no gain.
+    key="k_int": the measured-point multipliers instead (no summary line; points outside the baseline's range
+    are missing)."""
     fig = _figure()
     ax = fig.add_subplot()
     for i, a in enumerate(boot.fit.arms):
         if a == boot.fit.baseline:
             continue
         s = _style(i)
-        keys = sorted((int(k.rsplit("/", 1)[1]), k) for k in boot.est if k.startswith(f"k_m/{a}/"))
-        ws = np.array([w for w, _ in keys], float)
+        keys = sorted((int(k.rsplit("/", 1)[1]), k) for k in boot.est if k.startswith(f"{key}/{a}/"))
+        keys = [(w, k_) for w, k_ in keys if np.isfinite(boot.est[k_])]
+        ws = np.array([w for w, _ in keys], float) * 1.02 ** (i - len(boot.fit.arms) / 2)  # arms side by side
         k = np.array([boot.est[key] for _, key in keys])
         lo = np.array([boot.ci[key][0] for _, key in keys])
         hi = np.array([boot.ci[key][1] for _, key in keys])
         with np.errstate(invalid="ignore"):
             err = np.nan_to_num(np.vstack([k - lo, hi - k]), nan=0.0, posinf=0.0).clip(min=0)
+        fitted = key == "k_m"
         ax.errorbar(ws, k, yerr=err, color=s["color"], marker=s["marker"], capsize=3, ls="none",
-                    label=f"{a}: k = {boot.est[f'k/{a}']:.3f}")
-        ax.axhline(boot.est[f"k/{a}"], color=s["color"], lw=1, alpha=0.6)
+                    label=f"{a}: k = {boot.est[f'k/{a}']:.3f}" if fitted else a)
+        if fitted:
+            ax.axhline(boot.est[f"k/{a}"], color=s["color"], lw=1, alpha=0.6)
     ax.axhline(1.0, color="k", ls="--", lw=1)
-    ax.set(xscale="log", xlabel="width m", ylabel="k(m) = m_eq / m", title="effective-width multiplier")
+    ax.set(xscale="log", xlabel="width m", ylabel="k(m) = m_eq / m",
+           title="effective-width multiplier" + ("" if key == "k_m" else " (measured baseline points)"))
     ax.legend(fontsize=8)
     return fig
 

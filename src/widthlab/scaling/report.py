@@ -182,7 +182,8 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
 
     out_dir = Path(out) if out is not None else Path(paths[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    figs = {"loss_vs_width": plots.loss_vs_width(m, L, arm, boot, CI), "multiplier": plots.multiplier(boot)}
+    figs = {"loss_vs_width": plots.loss_vs_width(m, L, arm, boot, CI), "multiplier": plots.multiplier(boot),
+            "multiplier_measured": plots.multiplier(boot, key="k_int")}
     for mat, fits in overlap.items():
         name = "overlap_vs_width" if mat == next(iter(overlap)) else f"overlap_vs_width_{mat}"
         figs[name] = plots.overlap_vs_width(m, col(f"geom_{mat}_mean_cos2"), arm, fits, f"{mat} mean cos²")
