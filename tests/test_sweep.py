@@ -112,6 +112,10 @@ def test_compare_on_a_three_width_sweep(swept, tmp_path):
     final = rows(path)
     assert sorted((r["arm"], int(r["d_model"])) for r in final) == [
         (a, w) for a in ("baseline", "zloss") for w in (32, 64, 96)]
+    # A narrower invocation (one width, one arm) keeps listing every finished run of the sweep directory.
+    key = lambda r: (r["arm"], int(r["d_model"]))  # noqa: E731
+    narrow = rows(sweep(widths=[32], arms=swept["arms"], only=["zloss"], **swept["kw"]))
+    assert sorted(narrow, key=key) == sorted(final, key=key)
     res = compare(str(swept["root"]), include_limited=True, n_boot=50, out=str(tmp_path / "report"))
     for f in res["files"]:
         assert (tmp_path / "report" / f).stat().st_size > 0, f

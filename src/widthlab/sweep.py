@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
@@ -123,14 +124,22 @@ def _build_models(arm: str, config: dict, widths: list[int]) -> None:
 
 
 def collect(root: str, points: list[Point]) -> list[dict]:
+    """Every finished run of the sweep directory: this invocation's points first, then any other
+    <arm>/d<width>/s<seed>/ run already there, so narrowing --widths, --seeds or --only never drops a row."""
+    found = [(p.arm, p.width, p.seed, p.run_dir) for p in points]
+    planned = {os.path.normpath(d) for *_, d in found}
+    for fn in sorted(glob.glob(os.path.join(root, "*", "d*", "s*", "metrics.json"))):
+        d = os.path.dirname(fn)
+        arm, w, s = os.path.relpath(d, root).split(os.sep)
+        if os.path.normpath(d) not in planned and w[1:].isdigit() and s[1:].lstrip("-").isdigit():
+            found.append((arm, int(w[1:]), int(s[1:]), d))
     rows = []
-    for p in points:
-        fn = os.path.join(p.run_dir, "metrics.json")
+    for arm, width, seed, run_dir in found:
+        fn = os.path.join(run_dir, "metrics.json")
         if os.path.isfile(fn):
             with open(fn) as f:
                 m = json.load(f)
-            rows.append({"arm": p.arm, "seed": p.seed, "run_dir": os.path.relpath(p.run_dir, root), **m,
-                         "d_model": p.width})
+            rows.append({"arm": arm, "seed": seed, "run_dir": os.path.relpath(run_dir, root), **m, "d_model": width})
     return rows
 
 
