@@ -76,6 +76,12 @@ def test_compare_recovers_fit_and_writes_report(tmp_path):
     assert [inter[w]["m"]["kind"] for w in WIDTHS] == ["", "", "", ">"]
     assert all(abs(inter[w]["m"]["est"] - K) < 0.05 for w in WIDTHS[:3])
     assert inter[256]["m"]["est"] == 1.0 and "| packed | 256 | > 1 |" in report
+    # the at-a-glance row (no head overlap in this csv: –): Δ loss per width (noise sd 0.005 per run, 2 seeds a cell), same cost, the k_int's
+    glance = report.split("## Arms at a glance")[1].split("##")[0]
+    row = next(l for l in glance.splitlines() if l.startswith("| packed |")).split("|")[2:-1]
+    deltas = [float(x) for x in row[0].split("/")]
+    assert deltas == pytest.approx([power_law("packed", w) - power_law("baseline", w) for w in WIDTHS], abs=0.012)
+    assert [x.strip() for x in row[1:4]] == ["1.00", "1.00", "–"] and row[4].strip().endswith("> 1")
 
     tb = [p.parent for p in (sweep / "tb_compare").rglob("events.out.tfevents.*")]
     acc = EventAccumulator(str(tb[0]), size_guidance={"images": 0})
