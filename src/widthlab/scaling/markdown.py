@@ -120,17 +120,19 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
         return []
     ws = " / ".join(str(w) for w in widths)
     out = ["", "## Arms at a glance", "",
-           f"Δ = arm − baseline validation loss (nats/token) at m = {ws}; params and FLOPs/token as a ratio to the "
-           f"baseline at m = {widths[-1]}; head mean cos² as a ratio to the baseline's at m = {widths[0]}; k_int(m) "
-           "= measured-point width multiplier (next sections).", "",
+           f"At m = {ws}: Δ = arm − baseline validation loss (nats/token), params and FLOPs/token as ratios to the "
+           f"baseline's, k_int(m) = the measured-point width multiplier (next sections); head mean cos² as a ratio "
+           f"to the baseline's at m = {widths[0]}.", "",
            "| arm | Δ loss | params × | FLOPs/token × | head mean cos² × | k_int(m) |", "|---|---|---|---|---|---|"]
     def ratio(a, w, k) -> str:
         x = mean(a, w, k) / mean(b, w, k)
         return f"{x:.2f}" if math.isfinite(x) else "–"  # e.g. no overlap metric in these runs
     for a in arms:
-        d = " / ".join(f"{mean(a, w, 'val_loss') - mean(b, w, 'val_loss'):+.3f}" for w in widths)
+        delta = [mean(a, w, "val_loss") - mean(b, w, "val_loss") for w in widths]
+        d = " / ".join(f"{x:+.3f}" if math.isfinite(x) else "–" for x in delta)
         k = " / ".join(fmt_int(res["interpolated"][a][w]["m"]) if w in res["interpolated"].get(a, {}) else "–"
                        for w in widths)
-        out.append(f"| {a} | {d} | {ratio(a, widths[-1], 'params')} | {ratio(a, widths[-1], 'flops_per_token')} | "
+        cost = lambda key: " / ".join(ratio(a, w, key) for w in widths)  # noqa: E731 (a head of fixed width: varies)
+        out.append(f"| {a} | {d} | {cost('params')} | {cost('flops_per_token')} | "
                    f"{ratio(a, widths[0], 'geom_unembed_mean_cos2')} | {k} |")
     return out
