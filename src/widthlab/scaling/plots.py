@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -17,7 +18,7 @@ from matplotlib.ticker import FormatStrFormatter
 
 from widthlab.scaling.fit import ScalingBootstrap
 
-_MARKERS = "osD^v<>p*h"
+_MARKERS = "osD^v<>p*hX"  # 11, so markers and the 10 colours do not repeat together
 
 
 def _plain_y(ax) -> None:
@@ -33,7 +34,12 @@ def _figure() -> Figure:
 
 
 def _style(i: int) -> dict:
-    return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)]}
+    # 10 colours, then the same colours again with a darker shade, so a 12-arm sweep has no two arms alike
+    # (the marker cycle has a different length, which separates them further)
+    color = matplotlib.colors.to_rgb(f"C{i % 10}")
+    if (i // 10) % 2:
+        color = tuple(0.55 * c for c in color)
+    return {"color": color, "marker": _MARKERS[i % len(_MARKERS)]}
 
 
 def loss_vs_width(m: np.ndarray, L: np.ndarray, arm: np.ndarray, boot: ScalingBootstrap, ci: float) -> Figure:
