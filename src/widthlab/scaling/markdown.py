@@ -124,15 +124,19 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
            f"baseline's, k_int(m) = the measured-point width multiplier (next sections); head mean cos² as a ratio "
            f"to the baseline's at m = {widths[0]}.", "",
            "| arm | Δ loss | params × | FLOPs/token × | head mean cos² × | k_int(m) |", "|---|---|---|---|---|---|"]
+
     def ratio(a, w, k) -> str:
         x = mean(a, w, k) / mean(b, w, k)
         return f"{x:.2f}" if math.isfinite(x) else "–"  # e.g. no overlap metric in these runs
+
+    def per_width(a, k) -> str:  # costs vary with m when an idea adds a fixed-size piece (a 256-wide head)
+        return " / ".join(ratio(a, w, k) for w in widths)
+
     for a in arms:
         delta = [mean(a, w, "val_loss") - mean(b, w, "val_loss") for w in widths]
         d = " / ".join(f"{x:+.3f}" if math.isfinite(x) else "–" for x in delta)
         k = " / ".join(fmt_int(res["interpolated"][a][w]["m"]) if w in res["interpolated"].get(a, {}) else "–"
                        for w in widths)
-        cost = lambda key: " / ".join(ratio(a, w, key) for w in widths)  # noqa: E731 (a head of fixed width: varies)
-        out.append(f"| {a} | {d} | {cost('params')} | {cost('flops_per_token')} | "
+        out.append(f"| {a} | {d} | {per_width(a, 'params')} | {per_width(a, 'flops_per_token')} | "
                    f"{ratio(a, widths[0], 'geom_unembed_mean_cos2')} | {k} |")
     return out
