@@ -19,9 +19,7 @@ from widthlab import WidthlabError
 from widthlab.scaling import events, plots
 from widthlab.scaling.fit import (ScalingBootstrap, bootstrap_scaling, fit_loglog, interpolated_equivalent,
                                   welch_t)
-from widthlab.scaling.markdown import fmt as _fmt
-from widthlab.scaling.markdown import interp_line as _interp_line
-from widthlab.scaling.markdown import markdown as _markdown
+from widthlab.scaling.markdown import fmt, interp_line, markdown
 
 RECIPE_KEYS = ("data_source", "vocab_size", "n_layer", "seq_len")  # must agree for runs to share one curve
 STR_COLS = {"arm", "run_dir", "data_source"}
@@ -202,7 +200,7 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     result = _summary(boot, overlap, welch, runs, n_boot, max_gap, max_epochs, include_limited)
     result["files"] = sorted(["report.md", "compare.json"] + [f"{n}.png" for n in figs])
     _write_atomic(out_dir / "compare.json", json.dumps(_jsonable(result), indent=2) + "\n")
-    _write_atomic(out_dir / "report.md", _markdown(result, runs, figs))
+    _write_atomic(out_dir / "report.md", markdown(result, runs, figs))
     print(f"compare: wrote {out_dir / 'report.md'}")
     for a, v in result["verdict"].items():
         print(f"  {a}: {v}")
@@ -257,8 +255,8 @@ def _summary(boot, overlap, welch, runs, n_boot, max_gap, max_epochs, include_li
     res["verdict"] = {a: _verdict(res["k_C"][a]) for a in f.arms if a != b}
     if res["fit"]["not_identified"]:
         res["verdict"] = {a: f"no curve verdict: the fit is not identified ({'; '.join(res['fit']['not_identified'])}) "
-                             f"and its k_C = {_fmt(res['k_C'][a])} extrapolates; measured-point k_C(m): "
-                             f"{_interp_line(res['interpolated'][a], 'C')}" for a in res["verdict"]}
+                             f"and its k_C = {fmt(res['k_C'][a])} extrapolates; measured-point k_C(m): "
+                             f"{interp_line(res['interpolated'][a], 'C')}" for a in res["verdict"]}
     return res
 
 
