@@ -3,11 +3,16 @@
 Definitions. Row i is wᵢ ∈ Rᵐ; ŵᵢ = wᵢ/‖wᵢ‖ (zero rows stay zero); cos_ij = ŵᵢ·ŵⱼ; pairs are i ≠ j.
 
     mean_cos2     = Σ_{i≠j} cos_ij² / (n(n−1))          the paper's "mean square overlap" (Liu, Liu & Gore)
+    mean_cos2_centred = mean_cos2 of the rows wᵢ − w̄ (w̄ = Σwᵢ/n), each then normalised: the packing once the
+                    one shared direction is removed. Rows c + zᵢ (zᵢ isotropic, ‖zᵢ‖ ≈ 1) have mean_cos2 ≈
+                    (‖c‖²/(‖c‖²+1))², set by c alone, but mean_cos2_centred ≈ 1/m
     kappa         = m · mean_cos2                        1 = random isotropic directions
     welch_ratio   = mean_cos2 / W(n,m),  W(n,m) = (n−m)/(m(n−1))   1 = unit-norm tight frame, the floor
     mean_cos      = Σ_{i≠j} cos_ij / (n(n−1))            anisotropy: > 0 means the rows share a cone
     weighted_cos2 = Σ_{i≠j} pᵢpⱼ cos_ij² / Σ_{i≠j} pᵢpⱼ  interference felt by frequent tokens (p = unigram)
-    phi_half      = #{i : ‖wᵢ‖/rms‖w‖ > 1/2} / n        ≈1 strong superposition, ≈m/n weak
+    phi_half      = #{i : ‖wᵢ‖ > 1/2} / n                the paper's φ½ (Eq. 3): ≈1 strong superposition, ≈m/n weak;
+                    absolute, so only meaningful where rows live at norm ~1 (the toy model), not at GPT init scale
+    phi_half_rel  = #{i : ‖wᵢ‖/rms‖w‖ > 1/2} / n        the same cut relative to the RMS row norm: scale-free, for LMs
     norm_cv       = std/mean of ‖wᵢ‖ (population std)
     erank         = exp H(σ/Σσ), σ the singular values of W (Roy & Vetterli)
     stable_rank   = ‖W‖_F² / σ_max²
@@ -16,7 +21,8 @@ Definitions. Row i is wᵢ ∈ Rᵐ; ŵᵢ = wᵢ/‖wᵢ‖ (zero rows stay zer
 The identity that makes all of it cheap: Σ_{i,j} (ŵᵢ·ŵⱼ)² = tr(ŴŴᵀŴŴᵀ) = tr(ŴᵀŴŴᵀŴ) = ‖ŴᵀŴ‖_F².
 So the n×n matrix of cosines is never needed: the m×m Gram ŴᵀŴ gives the sum exactly in O(n·m²), and the
 diagonal (i = j) terms are Σᵢ‖ŵᵢ‖⁴ (= n when no row is zero). Likewise Σᵢⱼ pᵢpⱼ cos² = ‖ŴᵀPŴ‖_F²,
-Σᵢⱼ cos = ‖Σᵢŵᵢ‖², and Σⱼ (wᵢ·wⱼ)² = wᵢᵀ(WᵀW)wᵢ. Only statistics that are not sums of squares (mean |cos|,
+Σᵢⱼ cos = ‖Σᵢŵᵢ‖², and Σⱼ (wᵢ·wⱼ)² = wᵢᵀ(WᵀW)wᵢ. The centred statistic is the same identity on the normalised
+rows of W − 1w̄ᵀ (one more (n, m) copy, still never n×n). Only statistics that are not sums of squares (mean |cos|,
 max |cos|, histograms) need pairs; those are chunked over row blocks and meant to run rarely.
 
 Everything is computed in float64: cos² values are ~1/m and the identity subtracts n from ~n²/m, so float32
@@ -30,7 +36,7 @@ import torch
 
 from widthlab import WidthlabError
 
-EPS = 1e-12  # rows with ‖w‖ < EPS count as zero; for other rows normalisation is exact (clamp, not +ε)
+EPS = 1e-12  # rows with ‖w‖ < EPS count as zero (set to 0); other rows are divided by ‖w‖ exactly (no +ε)
 
 
 # --- building blocks ------------------------------------------------------------------------------------
@@ -51,13 +57,19 @@ def normalize_rows(W: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return _normalize(W, eps)[0]
 
 
-def _normalize(W: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalize(W: torch.Tensor, eps: float = EPS, centre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """→ (Ŵ (n, m) float64, ‖ŵᵢ‖² (n,): 1 for real rows, 0 for zero rows). One float64 copy, scaled in place
-    (for a 50257×768 head this halves the time outside the Gram matmul)."""
+    (for a 50257×768 head this halves the time outside the Gram matmul). centre=True subtracts the mean row
+    first (in float64, so the rows' small differences survive a large shared component); a centred row shorter
+    than EPS × the longest row is cancellation noise and counts as zero."""
     X = W.detach().to(torch.float64, copy=True)
+    if centre:
+        eps = max(eps, EPS * X.norm(dim=1).max().item())
+        X.sub_(X.mean(0))
     r = X.norm(dim=1)
-    X.mul_((1.0 / r.clamp_min(eps))[:, None])
-    return X, (r / r.clamp_min(eps)).square()
+    real = r >= eps
+    X.mul_(torch.where(real, 1.0 / r.clamp_min(eps), 0.0)[:, None])  # rows under eps become exactly zero
+    return X, real.to(X.dtype)
 
 
 def row_norms(W: torch.Tensor) -> torch.Tensor:
@@ -130,6 +142,12 @@ def mean_cos2(W: torch.Tensor) -> float:
     return _cos2_from_normalized(*_normalize(_check(W)))
 
 
+def mean_cos2_centred(W: torch.Tensor) -> float:
+    """mean_cos2 of the rows after subtracting the mean row, then normalising; exact via the Gram identity.
+    A row equal to the mean becomes zero and counts cos = 0, like a zero row in mean_cos2."""
+    return _cos2_from_normalized(*_normalize(_check(W), centre=True))
+
+
 def kappa(W: torch.Tensor) -> float:
     """m · mean_cos2: 1 for random isotropic rows, m·W(n,m) < 1 for a tight frame."""
     return W.shape[1] * mean_cos2(W)
@@ -153,10 +171,15 @@ def weighted_cos2(W: torch.Tensor, p: torch.Tensor) -> float:
 
 
 def phi_half(W: torch.Tensor) -> float:
-    """Fraction of rows whose norm exceeds half the RMS row norm (Liu et al.'s φ_{1/2}, rescaled for LMs)."""
+    """Fraction of rows with ‖wᵢ‖ > 1/2: Liu, Liu & Gore's φ½ (Eq. 3), absolute threshold as in the paper."""
+    return (row_norms(_f64(W)) > 0.5).double().mean().item()
+
+
+def phi_half_rel(W: torch.Tensor) -> float:
+    """Fraction of rows whose norm exceeds half the RMS row norm: φ½ made scale-free, for LM matrices whose
+    norms are set by the init scale, not by a decay that pulls rows to norm 1."""
     r = row_norms(_f64(W))
-    rms = r.square().mean().sqrt()
-    return (r > 0.5 * rms).double().mean().item()
+    return (r > 0.5 * r.square().mean().sqrt()).double().mean().item()
 
 
 def norm_cv(W: torch.Tensor) -> float:
@@ -233,9 +256,10 @@ def cos_sample(W: torch.Tensor, n_pairs: int = 20000, seed: int = 0) -> torch.Te
 # --- everything at once, sharing the normalisation, the Gram and the spectrum ---------------------------
 def summary(W: torch.Tensor, p: torch.Tensor | None = None, pairs: bool = False,
             block_rows: int = 8192) -> dict[str, float]:
-    """All scalar statistics of W: (n, m) as {name: float}, names as in DESIGN.md.
+    """All scalar statistics of W: (n, m) as {name: float}, names as in the table at the top of this module.
 
-    Always: mean_cos2, kappa, welch_ratio, mean_cos, phi_half, norm_cv, erank, stable_rank.
+    Always: mean_cos2, mean_cos2_centred, kappa, welch_ratio, mean_cos, phi_half, phi_half_rel, norm_cv, erank,
+    stable_rank.
     weighted_cos2 only when weights p: (n,) are given (with uniform p it would just repeat mean_cos2).
     pairs=True adds mean_abs_cos, max_abs_cos and welch_max_bound (O(n²·m), chunked)."""
     W = _f64(W)
@@ -247,10 +271,12 @@ def summary(W: torch.Tensor, p: torch.Tensor | None = None, pairs: bool = False,
     s = _singular_values(W)
     out = {
         "mean_cos2": c2,
+        "mean_cos2_centred": _cos2_from_normalized(*_normalize(W, centre=True)),
         "kappa": m * c2,
         "welch_ratio": c2 / wb if wb > 0 else float("nan"),
         "mean_cos": _cos_from_normalized(Wh, sq),
-        "phi_half": (r > 0.5 * r.square().mean().sqrt()).double().mean().item(),
+        "phi_half": (r > 0.5).double().mean().item(),
+        "phi_half_rel": (r > 0.5 * r.square().mean().sqrt()).double().mean().item(),
         "norm_cv": (r.std(unbiased=False) / r.mean()).item(),
         "erank": _erank_from_sv(s),
         "stable_rank": (W.square().sum() / s[0].square()).item(),
