@@ -2,14 +2,21 @@
 
 `sweep`, `compare`, `analyze`, `toy` and `coord-check` are plain typed functions; jsonargparse derives their
 options (and `--config`, `--print_config`) from the signatures and docstrings, as litgpt does.
+
+Every bad input ends as one line on stderr, `error: <what is wrong; what to do>`, and exit status 2: our own
+checks raise WidthlabError, and parse errors (an unknown option, a bad value) come back from jsonargparse as
+ArgumentError instead of its usage block (`--help` prints the usage).
 """
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 import sys
 
 from widthlab import WidthlabError
 
+LIGHTNING_COMMANDS = ["fit", "validate", "test"]
 SUBCOMMANDS = {
     "sweep": "widthlab.sweep:sweep",
     "compare": "widthlab.scaling.report:compare",
@@ -20,16 +27,53 @@ SUBCOMMANDS = {
 
 
 def run_function(name: str, args: list[str]):
-    from jsonargparse import auto_cli
+    from jsonargparse import ArgumentError, auto_cli, capture_parser
 
     module, fn = SUBCOMMANDS[name].split(":")
     func = getattr(importlib.import_module(module), fn)
-    return auto_cli(func, args=args)
+    try:
+        return auto_cli(func, args=args, exit_on_error=False)
+    except ArgumentError as e:
+        parser = capture_parser(lambda: auto_cli(func, args=[]))
+        options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        raise WidthlabError(one_line_parse_error(str(e), options, name)) from None
+
+
+# jsonargparse's framing of a Union error (Optional[list[Intervention]]): the alternatives that were tried
+_NOISE = ("Expected a path but", "Does not validate against any of", "Subtypes:", "Errors:",
+          "Expected a <class 'NoneType'>", "Given value type:", "Given value:")
+
+
+def one_line_parse_error(message: str, options: list[str], command: str = "") -> str:
+    """jsonargparse's error (often several lines) as one line, with a guess for a mistyped option."""
+    lines = [line.strip(" -") for line in message.splitlines()]
+    text = " ".join(" ".join(line for line in lines if line and not line.startswith(_NOISE)).split())
+    unknown = re.findall(r"(--[\w.\-+]+)", text) if "unrecognized arguments" in text else []
+    for bad in unknown:
+        close = difflib.get_close_matches(bad.split("=")[0], options, n=1, cutoff=0.75)
+        if close:
+            text += f"; did you mean {close[0]}?"
+            break
+    if len(text) > 400:
+        text = text[:397] + "..."
+    return f"{text} (the options: python -m train {command + ' ' if command else ''}--help)"
+
+
+def check_command(argv: list[str]) -> None:
+    """A missing or unknown command is one line with a guess, not LightningCLI's usage block."""
+    known = LIGHTNING_COMMANDS + list(SUBCOMMANDS)
+    if not argv:
+        raise WidthlabError(f"give a command: one of {', '.join(known)} (python -m train <command> --help)")
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS and argv[0] not in LIGHTNING_COMMANDS:
+        close = difflib.get_close_matches(argv[0], known, n=1)
+        guess = f"did you mean {close[0]}? " if close else ""
+        raise WidthlabError(f"unknown command '{argv[0]}'; {guess}the commands are {', '.join(known)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        check_command(argv)
         if argv and argv[0] in SUBCOMMANDS:
             run_function(argv[0], argv[1:])
         else:

@@ -1,22 +1,31 @@
 """LightningCLI wiring: fit / validate / test with YAML recipes.
 
 A run lives in one directory, `trainer.default_root_dir` (e.g. runs/smoke): TensorBoard events, config.yaml,
-env.json, metrics.json and checkpoints/{last,best}.ckpt. `fit --ckpt_path last` resumes it exactly.
+env.json, metrics.json and checkpoints/{last,best}.ckpt. `fit --ckpt_path last` resumes it exactly. A fit ends with
+a summary (FitSummary) and an HPARAMS session (HParamsWriter); a bad option or checkpoint is one line, not a usage
+block or a traceback (the usage is for --help).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import zipfile
+from typing import Optional
 
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from widthlab import WidthlabError
+from widthlab.callbacks.hparams import HParamsWriter
 from widthlab.callbacks.overlap import OverlapMonitor
 from widthlab.callbacks.perf import PerfMonitor
 from widthlab.callbacks.run_info import RunRecorder
+from widthlab.callbacks.summary import FitSummary
+from widthlab.cli import one_line_parse_error
 from widthlab.data import TokenDataModule
 from widthlab.module import LitGPT
 
@@ -27,6 +36,9 @@ class WidthlabCLI(LightningCLI):
         parser.link_arguments("data.model_vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.real_vocab_size", "model.real_vocab_size", apply_on="instantiate")
         parser.link_arguments("data.seq_len", "model.seq_len", apply_on="parse")
+        parser.add_argument("--arm", type=Optional[str], default=None,
+                            help="the run's arm name in TensorBoard's HPARAMS table (a sweep's arm); default: "
+                                 "guessed from runs/<sweep>/<arm>/d<width>/s<seed>, else 'baseline'")
         parser.add_lightning_class_args(OverlapMonitor, "overlap")
         parser.add_lightning_class_args(PerfMonitor, "perf")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -40,9 +52,24 @@ class WidthlabCLI(LightningCLI):
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="", default_hp_metric=False)
         if self._get(self.config_init, "trainer.precision") is None and torch.cuda.is_available():
             kwargs["precision"] = "bf16-mixed"  # the GPU fast path; CPU stays fp32
-        # Keep the recipe's own callbacks (a kwarg would replace them) and add the run recorder.
-        kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [RunRecorder()]
+        # Keep the recipe's own callbacks (a kwarg would replace them) and add the run recorder, then what reads its
+        # metrics.json at fit end (callbacks run in this order).
+        kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [
+            RunRecorder(), HParamsWriter(arm=self._get(self.config_init, "arm")), FitSummary()]
         return super().instantiate_trainer(**kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            argv = list(args if args is not None else sys.argv[1:])
+            command = argv[0] if argv and argv[0] in self._subcommand_parsers else ""
+            sub = self._subcommand_parsers.get(command, self.parser)
+            options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+            raise WidthlabError(one_line_parse_error(str(e), options, command)) from None
+        command = self.config.get("subcommand")
+        if command:  # before the trainer exists, so the error is the only line printed
+            check_ckpt_path(self.config[command].get("ckpt_path"))
 
     def _parse_ckpt_path(self) -> None:
         """Lightning would overwrite the recipe's model settings with the checkpoint's; we keep the recipe, so a
@@ -70,9 +97,40 @@ class WidthlabCLI(LightningCLI):
         self._ckpt_defaults()
 
 
+def check_ckpt_path(path: str | None) -> None:
+    """A --ckpt_path that is not a checkpoint is one line here, before torch's unpickler fails with a traceback.
+
+    Lightning's names (last, best, hpc, registry...) and remote URLs are left to Lightning."""
+    if path is None or path in ("last", "best", "hpc") or path.startswith("registry") or "://" in path:
+        return
+    fix = "give a checkpoint file such as <run>/checkpoints/last.ckpt, or 'last' to resume this run"
+    if not os.path.exists(path):
+        raise WidthlabError(f"--ckpt_path {path} does not exist; {fix}")
+    # torch.save writes a zip archive whose pickle is <archive>/data.pkl; anything else cannot be a checkpoint
+    if os.path.isdir(path) or not zipfile.is_zipfile(path):
+        raise WidthlabError(f"--ckpt_path {path} is not a checkpoint (not a torch.save archive); {fix}")
+    with zipfile.ZipFile(path) as z:
+        if not any(n.endswith("data.pkl") for n in z.namelist()):
+            raise WidthlabError(f"--ckpt_path {path} is a zip archive but not a torch checkpoint; {fix}")
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning advertises its cloud services (litlogger, litmodels) at every fit; the run's own summary says
+    where its logs are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_TIPS = _DropLightningTips()
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_TIPS)  # the loggers rank_zero_info writes through
+
+
 def run_lightning_cli(argv: list[str]) -> WidthlabCLI:
     return WidthlabCLI(
         LitGPT, TokenDataModule, args=None if argv == sys.argv[1:] else argv,
+        parser_kwargs={"exit_on_error": False},  # errors come back as ArgumentError: one line (parse_arguments)
         seed_everything_default=1337,
         save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"},
         trainer_defaults={"use_distributed_sampler": False,  # our samplers shard by rank themselves
