@@ -1,4 +1,6 @@
-"""OverlapMonitor inside a real (tiny, CPU) Lightning run: tags in the event file, values equal to geometry's."""
+"""OverlapMonitor inside a real (tiny, CPU) Lightning run: tags in the event file, values equal to geometry's, and
+no crash when the weights stop being finite."""
+import math
 import glob
 
 import lightning as L
@@ -48,12 +50,24 @@ class TinyData(L.LightningDataModule):
         return self.tokens[:n_seq, :-1], self.tokens[:n_seq, 1:]
 
 
-def run(tmp_path, tie: bool):
+class PoisonAt(L.Callback):
+    """Writes a NaN into E after optimizer step `step`: from there on the loss, gradients and all weights go NaN."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.embed.weight[0, 0] = float("nan")
+
+
+def run(tmp_path, tie: bool, extra=()):
     torch.manual_seed(0)
     lm, dm = TinyLM(tie), TinyData()
     mon = OverlapMonitor(every_n_steps=EVERY, hist_every_n_steps=HIST, n_seq=3, hist_pairs=500)
     logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="")
-    trainer = L.Trainer(max_steps=STEPS, logger=logger, callbacks=[mon], accelerator="cpu", devices=1,
+    trainer = L.Trainer(max_steps=STEPS, logger=logger, callbacks=[mon, *extra], accelerator="cpu", devices=1,
                         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False, log_every_n_steps=1)
     trainer.fit(lm, datamodule=dm)
@@ -64,11 +78,12 @@ def run(tmp_path, tie: bool):
     return lm, dm, mon, acc
 
 
-EMBED_TAGS = {f"geometry/embed/{k}" for k in ("mean_cos2", "kappa", "welch_ratio", "mean_cos", "weighted_cos2",
-                                               "phi_half", "norm_cv", "erank", "stable_rank")}
+EMBED_TAGS = {f"geometry/embed/{k}" for k in ("mean_cos2", "mean_cos2_centred", "kappa", "welch_ratio", "mean_cos",
+                                               "weighted_cos2", "phi_half", "phi_half_rel", "norm_cv", "erank",
+                                               "stable_rank")}
 PAIR_TAGS = {f"geometry/embed/{k}" for k in ("mean_abs_cos", "max_abs_cos", "welch_max_bound")}
-HIDDEN_TAGS = {f"geometry/hidden/{k}" for k in ("mean_cos", "erank", "kappa", "mean_cos2", "mean_abs_cos",
-                                                 "max_abs_cos", "welch_max_bound")}
+HIDDEN_TAGS = {f"geometry/hidden/{k}" for k in ("mean_cos", "erank", "kappa", "mean_cos2", "mean_cos2_centred",
+                                                 "mean_abs_cos", "max_abs_cos", "welch_max_bound")}
 
 
 def unembed(tags: set[str]) -> set[str]:
@@ -113,6 +128,7 @@ def test_monitor_logs_tags_and_values(tmp_path, tie):
     H = hid.reshape(-1, 32)
     assert last["geometry/hidden/mean_cos"] == pytest.approx(geometry.mean_cos(H), rel=1e-5, abs=1e-7)
     assert last["geometry/hidden/erank"] == pytest.approx(geometry.erank(H), rel=1e-6)
+    assert last["geometry/hidden/mean_cos2_centred"] == pytest.approx(geometry.mean_cos2_centred(H), rel=1e-5)
 
     # `latest` holds the same final values in float64, with full tag names, for run summaries
     assert set(mon.latest) == expected
@@ -129,3 +145,17 @@ def test_compute_without_trainer_skips_hidden_and_weights():
     assert "geometry/embed/weighted_cos2" not in d
     U = lm.model.unembedding().detach()[:REAL]
     assert d["geometry/unembed/mean_cos2"] == pytest.approx(geometry.mean_cos2(U), rel=1e-12)
+
+
+def test_non_finite_weights_give_nan_stats_not_a_crash(tmp_path):
+    # Before: geometry's eigendecomposition of a NaN Gram matrix raised inside on_train_batch_end and killed the run.
+    lm, dm, mon, acc = run(tmp_path, tie=False, extra=[PoisonAt(3)])
+    assert lm.trainer.global_step == STEPS  # the run went on to the end
+    assert set(mon.latest) == EMBED_TAGS | PAIR_TAGS | HIDDEN_TAGS | unembed(EMBED_TAGS | PAIR_TAGS)
+    assert all(math.isnan(v) for v in mon.latest.values())  # every matrix is NaN by the end, every stat says so
+    before = [e for e in acc.Scalars("geometry/embed/mean_cos2") if e.step <= 3]
+    after = [e for e in acc.Scalars("geometry/embed/mean_cos2") if e.step > 3]
+    assert before and all(math.isfinite(e.value) for e in before)
+    assert [e.step for e in after] == [4, 6] and all(math.isnan(e.value) for e in after)
+    # histograms of a non-finite matrix are skipped, the finite ones before it are kept
+    assert [e.step for e in acc.Histograms("geometry/embed/row_norms")] == [0]

@@ -1,21 +1,46 @@
-"""End to end through `python -m train` (in-process): TensorBoard tags, exact resume, and bad input."""
+"""End to end through `python -m train` (in-process): TensorBoard tags, metrics.json, exact resume, and bad input."""
 import json
+import math
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import scalars, tiny_args
 
+from widthlab.callbacks.run_info import TRAIN_EVAL_SEED
 from widthlab.cli import main
+from widthlab.data.cache import load_split
+from widthlab.data.datamodule import TokenDataModule
+from widthlab.data.sampling import TrainWindows
+from widthlab.module import LitGPT
 
 
 def run(args):
     main(args)
 
 
+def _train_loss_eval_by_hand(root, cache_dir) -> tuple[float, float]:
+    """CE of last.ckpt's weights on the first windows of TRAIN_EVAL_SEED (as many tokens as validation sees:
+    max_eval_tokens=2000 → 63 windows of 32), in eval mode and, for contrast, in train mode (dropout on)."""
+    ck = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    lm = LitGPT(**{k: v for k, v in ck["hyper_parameters"].items() if k != "_instantiator"})
+    lm.load_state_dict(ck["state_dict"])
+    dm = TokenDataModule(vocab_size=512, seq_len=32, cache_dir=str(cache_dir), max_eval_tokens=2000)
+    x, y = TrainWindows(load_split(dm.path, "train"), 32, math.ceil(2000 / 32), TRAIN_EVAL_SEED)[0]
+    out = []
+    for mode in (False, True):
+        lm.train(mode)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out.append(F.cross_entropy(lm(x)[0].flatten(0, 1), y.flatten()).item())
+    return out[0], out[1]
+
+
 def test_fit_writes_tensorboard_run_directory(tmp_path, cache_dir):
     root = tmp_path / "run"
-    run(tiny_args(root, cache_dir, 8, ["--perf.every_n_steps", "2", "--overlap.every_n_steps", "4"]))
+    run(tiny_args(root, cache_dir, 8, ["--perf.every_n_steps", "2", "--overlap.every_n_steps", "4",
+                                       "--trainer.val_check_interval", "4", "--model.dropout", "0.3"]))
     tags = scalars(root)
     for tag in ["train/loss", "lr", "val/loss", "val/bpb", "val/word_ppl", "val/loss_decile/0", "val/loss_decile/9",
                 "perf/tokens_per_sec", "geometry/embed/mean_cos2", "geometry/unembed/kappa",
@@ -27,9 +52,22 @@ def test_fit_writes_tensorboard_run_directory(tmp_path, cache_dir):
     assert m["val_loss"] == pytest.approx(tags["val/loss"][-1][1], rel=1e-6)
     assert m["tokens"] == 8 * 4 * 32 and m["d_model"] == 32
     assert m["val_bpb"] == pytest.approx(tags["val/bpb"][-1][1], rel=1e-6)
-    assert "geom_unembed_mean_cos2" in m
-    # train_loss is the mean CE of the last (here: all 8) micro-batches, the same values TensorBoard shows
-    assert m["train_loss"] == pytest.approx(sum(v for _, v in tags["train/loss"]) / 8, rel=1e-5)
+    assert "geom_unembed_mean_cos2" in m and "geom_hidden_mean_cos2_centred" in m
+    # train_loss_running is the mean CE of the last (here: all 8) micro-batches, the same values TensorBoard shows
+    assert "train_loss" not in m
+    assert m["train_loss_running"] == pytest.approx(sum(v for _, v in tags["train/loss"]) / 8, rel=1e-5)
+    # every validation, the sanity check's not among them, at the global step of its weights (TensorBoard puts a
+    # mid-run validation one step earlier); last and best, best_step being best.ckpt's step
+    assert [v for _, v in m["val_history"]] == [pytest.approx(v, rel=1e-6) for _, v in tags["val/loss"]]
+    assert [s for s, _ in m["val_history"]] == [4, 8]
+    best_step, best = min(m["val_history"], key=lambda e: e[1])
+    assert (m["best_step"], m["val_loss_best"]) == (best_step, best) and m["val_loss"] == m["val_history"][-1][1]
+    assert torch.load(root / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] == best_step
+    assert m["status"] == "ok" and m["diverged_step"] is None
+    # train_loss_eval: final weights (= last.ckpt, saved at step 8), eval mode, the fixed train windows
+    eval_mode, train_mode = _train_loss_eval_by_hand(root, cache_dir)
+    assert m["train_loss_eval"] == pytest.approx(eval_mode, rel=1e-5)
+    assert abs(train_mode - eval_mode) > 1e-3  # dropout 0.3 matters, so the match above says "eval mode"
     for f in ["config.yaml", "env.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"]:
         assert (root / f).exists(), f
     # checkpoints load with weights_only=True: tensors and plain types only
@@ -49,6 +87,11 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, cache_dir):
     sa = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     sb = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # The resumed run's summary is the uninterrupted one's: the validation at step 6 came from the checkpoint.
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert [s for s, _ in ma["val_history"]] == [6, 12]
+    for k in ("val_history", "val_loss", "val_loss_best", "best_step", "train_loss_eval", "train_loss_running"):
+        assert ma[k] == mb[k], k
 
 
 def _fails(args, capsys, match):

@@ -3,6 +3,15 @@
 Loss is next-token cross-entropy plus any intervention terms; the optimizer is AdamW with parameter groups
 (hidden matrices, embedding, head, vectors) whose learning rates follow μP when `mup_base_d_model` is set;
 the schedule is linear warmup then cosine decay to `min_lr_ratio · lr`.
+
+Divergence is a result, not a crash: before each optimizer step one host sync checks that the step's losses and
+gradients are finite. If not, the gradients are dropped (AdamW skips parameters without one, so the update is a
+no-op and the weights stay the last good ones), `diverged_step` records the step, and training ends before any
+further validation or checkpoint, so checkpoints/last.ckpt stays the last one from before the divergence. The
+RunRecorder then marks metrics.json diverged and the process exits 0. (Returning None from training_step would
+also skip the update, since the closure zeroes the gradients first, but Lightning refuses it under DDP and it
+keeps earlier micro-batches' gradients under accumulation; a non-finite gradient behind a finite loss needs the
+gradient check anyway.)
 """
 from __future__ import annotations
 
@@ -57,6 +66,9 @@ class LitGPT(L.LightningModule):
         self._fwd = torch.compile(self.model) if compile else self.model  # shares parameters, keeps state_dict keys
         self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
         self.register_buffer("buckets", torch.full((vocab_size,), 9, dtype=torch.long), persistent=False)
+        self.diverged_step: int | None = None  # global step whose loss or gradients were not finite
+        self.diverged_what = ""                 # "loss" or "gradients"
+        self._loss_ok: torch.Tensor | None = None  # all of this optimizer step's micro-batch losses finite
 
     # --- bookkeeping -----------------------------------------------------------------------------------
     @property
@@ -93,13 +105,38 @@ class LitGPT(L.LightningModule):
         # over ranks (the global batch's loss), not rank 0's shard; a scalar all-reduce, no host sync.
         self.log("train/loss", ce, prog_bar=True, sync_dist=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0] if self.trainer.lr_scheduler_configs else self.hparams.lr)
+        ok = torch.isfinite(loss.detach())  # a device tensor: checked once per optimizer step, not per micro-batch
+        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
         return {"loss": loss, "ce": ce.detach()}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Runs after backward (and the DDP all-reduce), before clipping and the update: the one place where a bad
+        # step can still be skipped. One host sync per optimizer step.
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        loss_ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True, device=self.device)
+        grad_ok = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else loss_ok
+        self._loss_ok = None
+        loss_ok, grad_ok = torch.stack([loss_ok, grad_ok.to(loss_ok.device)]).tolist()
+        if not (loss_ok and grad_ok):
+            optimizer.zero_grad(set_to_none=True)  # no gradients: AdamW leaves every parameter as it is
+            self.diverged_step = self.trainer.global_step
+            self.diverged_what = "loss" if not loss_ok else "gradients"
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
+        if self.diverged_step is not None:
+            return  # the step was skipped: no projection or decay either
         with torch.no_grad():
             for iv in self.interventions:
                 iv.after_step(self.model)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.diverged_step is not None:
+            # Stop before the loop's validation check: a validation here would save last.ckpt (and maybe
+            # best.ckpt) at a step whose update never happened. StopIteration is how Lightning's own
+            # on_train_batch_start == -1 ends an epoch; should_stop keeps a new epoch from starting.
+            self.trainer.should_stop = True
+            raise StopIteration
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _eval_step(self, batch, metric: TokenNLL) -> None:

@@ -7,11 +7,14 @@ the numbers to whatever loggers the Trainer has. Matrices:
   hidden  last-layer states (after the final norm) on a fixed validation batch, rows (B·T, m); only when the
           datamodule has `fixed_val_batch(n_seq)`
 Tags: geometry/<matrix>/<name> with the names of `geometry.summary`; hidden logs mean_cos (anisotropy),
-erank, kappa and mean_cos2. Every `hist_every_n_steps` also mean_abs_cos, max_abs_cos, welch_max_bound (pairs,
+erank, kappa, mean_cos2 and mean_cos2_centred (overlap left once the shared direction is removed). Every `hist_every_n_steps` also mean_abs_cos, max_abs_cos, welch_max_bound (pairs,
 O(n²m)) and, on a TensorBoardLogger, histograms geometry/<matrix>/row_norms and geometry/<matrix>/cos_sample.
 
 Cost (benchmarks/overlap_cost.py, 2 busy CPU threads, d=128, n=4096, T=128, L=2, B=32): scalars ≈ 0.06 train
 steps, pairs + histograms ≈ 0.75 steps, so the defaults (every 25 / 500 steps) cost ≈ 0.4 % of training time.
+
+A matrix with a non-finite entry (a diverging run), or one whose eigendecomposition fails, gets NaN for every
+statistic it had so far and no histogram: the monitor never stops a run.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from widthlab import WidthlabError, geometry
 
-HIDDEN_STATS = ("mean_cos", "erank", "kappa", "mean_cos2")
+HIDDEN_STATS = ("mean_cos", "erank", "kappa", "mean_cos2", "mean_cos2_centred")
 PAIR_STATS = ("mean_abs_cos", "max_abs_cos", "welch_max_bound")
 
 
@@ -99,7 +102,14 @@ class OverlapMonitor(Callback):
         d: dict[str, float] = {}
         for name, W in mats.items():
             p = None if name == "hidden" else self._unigram(trainer, W.shape[0])
-            s = geometry.summary(W, p=p, pairs=pairs, block_rows=self.block_rows)
+            try:
+                if not torch.isfinite(W).all():
+                    raise torch.linalg.LinAlgError("non-finite entries")
+                s = geometry.summary(W, p=p, pairs=pairs, block_rows=self.block_rows)
+            except torch.linalg.LinAlgError:  # NaN, not a crash: a diverging run still gets its summary written
+                prefix = f"geometry/{name}/"
+                s = {k[len(prefix):]: float("nan") for k in self.latest if k.startswith(prefix)
+                     and (pairs or k.rsplit("/", 1)[1] not in PAIR_STATS)}
             if name == "hidden":  # rows are contexts, not tokens: norms and frequency weights mean nothing here
                 s = {k: v for k, v in s.items() if k in HIDDEN_STATS + PAIR_STATS}
             d.update({f"geometry/{name}/{k}": v for k, v in s.items()})
@@ -109,6 +119,8 @@ class OverlapMonitor(Callback):
     def _hists(self, mats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h: dict[str, torch.Tensor] = {}
         for name, W in mats.items():
+            if not torch.isfinite(W).all():
+                continue
             h[f"geometry/{name}/row_norms"] = geometry.row_norms(W).cpu()
             h[f"geometry/{name}/cos_sample"] = geometry.cos_sample(W, self.hist_pairs, self.seed).cpu()
         return h

@@ -1,7 +1,22 @@
-"""RunRecorder: every run directory archives what produced it (env.json) and what it achieved (metrics.json)."""
+"""RunRecorder: every run directory archives what produced it (env.json) and what it achieved (metrics.json).
+
+metrics.json is one flat results.csv row. Besides sizes, tokens, FLOPs, throughput and the final geometry it holds:
+  val_loss            the LAST validation loss; val_bpb, val_word_ppl from the same validation
+  val_loss_best       the lowest validation loss of the run, seen at global step `best_step`
+  val_history         [[step, val_loss], ...] for every validation (not the sanity check); kept in checkpoints,
+                      so a resumed run reports the whole history
+  train_loss_eval     mean token CE of the final weights in eval mode (no dropout) on a fixed train subset: the
+                      first windows of TRAIN_EVAL_SEED, as many tokens as one validation sees; the same windows for
+                      every run, so it is the honest partner of val_loss for a generalisation gap
+  train_loss_running  mean CE of the last 50 training micro-batches (dropout on, weights changing: the old
+                      `train_loss`)
+  status, diverged_step  "ok" and null, or "diverged" and the global step whose loss or gradients were not finite
+                      (see widthlab.module: that update was skipped, last.ckpt is from before it)
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -10,8 +25,15 @@ import time
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 import widthlab
+from widthlab.data.cache import load_split
+from widthlab.data.sampling import TrainWindows
+
+# The train subset of train_loss_eval is drawn with its own seed, not the run's, so every run of a sweep (any width,
+# seed or arm) is measured on the same windows.
+TRAIN_EVAL_SEED = 20250505
 
 
 def write_json_atomic(path: str, obj: dict) -> None:
@@ -38,15 +60,46 @@ def environment() -> dict:
             "threads": torch.get_num_threads(), "argv": sys.argv}
 
 
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def train_loss_eval(trainer, pl_module) -> float | None:
+    """Mean token CE of pl_module's current weights, eval mode, on the fixed train subset (None without a
+    TokenDataModule). Every rank computes it (a sharded model needs all of them for a forward)."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None or not all(hasattr(dm, a) for a in ("path", "seq_len", "split_stats", "hparams")):
+        return None
+    cap = dm.hparams.get("max_eval_tokens")
+    n_tokens = min(dm.split_stats("valid")["tokens"], cap or math.inf)
+    n_seq = max(1, math.ceil(n_tokens / dm.seq_len))
+    # Sample ids 0..n_seq-1 of TRAIN_EVAL_SEED through the training sampler: windows spread over the whole split.
+    x, y = TrainWindows(load_split(dm.path, "train"), dm.seq_len, n_seq, TRAIN_EVAL_SEED)[0]
+    bs = dm.hparams.get("eval_batch_size", 64)
+    was_training, total = pl_module.training, 0.0
+    pl_module.eval()
+    try:
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            for i in range(0, n_seq, bs):
+                logits, _ = pl_module(x[i:i + bs].to(pl_module.device))
+                total += F.cross_entropy(logits.float().flatten(0, 1), y[i:i + bs].flatten().to(pl_module.device),
+                                         reduction="sum").item()
+    finally:
+        pl_module.train(was_training)
+    return _finite_or_none(total / y.numel())
+
+
 class RunRecorder(L.Callback):
-    """Writes env.json at fit start and metrics.json (a flat summary: one results.csv row) at fit end."""
+    """Writes env.json at fit start and metrics.json (a flat summary: one results.csv row) at fit end; on a
+    diverged run, also the one line that says so."""
 
     def __init__(self):
         self._t0 = 0.0
         self._start_step = 0
         self._losses: list[float] = []
         self._recent: list = []
-        self._val: dict[str, float] = {}
+        self._val: dict[str, float] = {}  # the last validation's val/* metrics
+        self._history: list[list] = []    # [[global_step, val_loss], ...]
 
     def on_fit_start(self, trainer, pl_module):
         self._t0, self._start_step = time.time(), trainer.global_step
@@ -58,14 +111,21 @@ class RunRecorder(L.Callback):
     # Kept in checkpoints, so a run resumed after its last checkpoint still reports its last validation.
     def state_dict(self) -> dict:
         self._flush()
-        return {"losses": self._losses, "val": self._val}
+        return {"losses": self._losses, "val": self._val, "val_history": self._history}
 
     def load_state_dict(self, state: dict) -> None:
         self._losses, self._val = list(state.get("losses", [])), dict(state.get("val", {}))
+        self._history = [list(e) for e in state.get("val_history", [])]
 
     def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self._val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        # Runs before ModelCheckpoint's save (Lightning orders checkpoint callbacks last), so the checkpoint
+        # written at this validation already holds it in its history.
+        if trainer.sanity_checking:
+            return
+        self._val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if "val/loss" in self._val:
+            step = trainer.global_step
+            self._history = [e for e in self._history if e[0] != step] + [[step, self._val["val/loss"]]]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # train_loss = mean CE of the last 50 micro-batches, comparable with val at the end of training. Kept as
@@ -75,29 +135,40 @@ class RunRecorder(L.Callback):
             self._recent = (self._recent + [outputs["ce"].detach()])[-50:]
 
     def _flush(self) -> None:
-        if self._recent:
-            self._losses = (self._losses + [float(t) for t in self._recent])[-50:]
+        if self._recent:  # a diverged step's NaN is left out: the running mean is of the steps that trained
+            self._losses = (self._losses + [x for x in map(float, self._recent) if math.isfinite(x)])[-50:]
             self._recent = []
+
+    def _best(self) -> tuple[float | None, int | None]:
+        good = [(v, s) for s, v in self._history if math.isfinite(v)]
+        return min(good) if good else (None, None)
 
     def on_fit_end(self, trainer, pl_module):
         log_dir = trainer.log_dir  # collective under DDP (see on_fit_start)
         self._flush()
+        eval_loss = train_loss_eval(trainer, pl_module)  # every rank: see train_loss_eval
         if not trainer.is_global_zero or not log_dir:
             return
         dm = trainer.datamodule
-        m = {**self._val, **{k: float(v) for k, v in trainer.callback_metrics.items()
-                             if k.startswith(("val/", "perf/"))}}
-        tokens = trainer.global_step * pl_module.tokens_per_step
+        # val/* only from real validations (recorded in on_validation_end), never the sanity check's
+        m = {**self._val, **{k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("perf/")}}
+        diverged = getattr(pl_module, "diverged_step", None)
+        steps = trainer.global_step if diverged is None else diverged  # the skipped update did not train
+        tokens = steps * pl_module.tokens_per_step
+        best, best_step = self._best()
         row = {
             "d_model": pl_module.cfg.d_model, "n_layer": pl_module.cfg.n_layer, "seq_len": pl_module.cfg.seq_len,
             "vocab_size": pl_module.cfg.real_vocab_size, "data_source": getattr(dm, "source", None),
-            "seed": getattr(dm, "seed", None), "steps": trainer.global_step, "tokens": tokens,
+            "seed": getattr(dm, "seed", None), "steps": steps, "tokens": tokens,
             "epochs": tokens / dm.split_stats("train")["tokens"] if hasattr(dm, "split_stats") else None,
             "params": pl_module.model.num_params(), "params_nonembed": pl_module.model.num_params(True),
             "flops_per_token": pl_module.flops_per_token, "flops": pl_module.flops_per_token * tokens,
             "tokens_per_param": tokens / pl_module.model.num_params(),
-            "train_loss": sum(self._losses) / len(self._losses) if self._losses else None,
+            "status": "ok" if diverged is None else "diverged", "diverged_step": diverged,
+            "train_loss_running": sum(self._losses) / len(self._losses) if self._losses else None,
+            "train_loss_eval": eval_loss,
             "val_loss": m.get("val/loss"), "val_bpb": m.get("val/bpb"), "val_word_ppl": m.get("val/word_ppl"),
+            "val_loss_best": best, "best_step": best_step, "val_history": self._history,
             "tokens_per_sec": m.get("perf/tokens_per_sec"), "mfu": m.get("perf/mfu"),
             "wall_s": time.time() - self._t0, "interventions": [repr(iv) for iv in pl_module.interventions],
         }
@@ -106,3 +177,7 @@ class RunRecorder(L.Callback):
                 if tag.startswith("geometry/"):
                     row["geom_" + tag[len("geometry/"):].replace("/", "_")] = v
         write_json_atomic(os.path.join(log_dir, "metrics.json"), row)
+        if diverged is not None:
+            print(f"diverged: non-finite {getattr(pl_module, 'diverged_what', 'loss')} at step {diverged}; the update "
+                  "was skipped and checkpoints/last.ckpt holds the last good weights; metrics.json marked diverged",
+                  file=sys.stderr, flush=True)
