@@ -98,10 +98,10 @@ def fit_mask(gamma: float, distribution: str, ms: list[int], rule: str) -> list[
     return [distribution != "power" or m >= 64 for m in ms]
 
 
-def fit_alpha_m(ms: list[int], losses: list[float], n_boot: int = 1000, seed: int = 0) -> dict:
+def fit_alpha_m(ms: list[int], losses: list[float]) -> dict:
     """L ∝ m^(−α_m) by OLS in log-log (scaling.fit.fit_loglog): α_m, its OLS standard error (the paper's error
-    bar), a bootstrap 95% CI over points, and R²."""
-    f = fit_loglog(ms, losses, n_boot=n_boot, seed=seed, ci=0.95)
+    bar), a 95% t interval (n − 2 dof), and R²."""
+    f = fit_loglog(ms, losses, ci=0.95)
     lx, ly = torch.tensor(ms, dtype=torch.float64).log(), torch.tensor(losses, dtype=torch.float64).log()
     resid = ly - f.intercept - f.slope * lx
     r2 = float(1 - resid.square().sum() / (ly - ly.mean()).square().sum())
@@ -284,7 +284,7 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
                 losses = [r["loss"] for r in rows if r["gamma"] == gamma and r["distribution"] == dist
                           and r["m"] in used]
                 fits.append(dict(gamma=gamma, distribution=dist, fit_ms=" ".join(map(str, used)),
-                                 **fit_alpha_m(used, losses, seed=seed)))
+                                 **fit_alpha_m(used, losses)))
                 write_results(out, rows, fits)
     for f in fits:
         print(f"[toy {name}] alpha_m({f['distribution']}, gamma={f['gamma']:+g}) = {f['alpha_m']:.3f} ± {f['se']:.3f}")

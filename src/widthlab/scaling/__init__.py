@@ -1,6 +1,7 @@
-"""Scaling analysis: fit L(m) = A·m^-α + E across arms, bootstrap it, and turn it into width multipliers."""
-from widthlab.scaling.fit import (ScalingBootstrap, ScalingFit, bootstrap_scaling, effective_width, fit_loglog,
-                                  fit_scaling, welch_t, width_multiplier)
+"""Scaling analysis: power-law fits (fit.py), estimates and intervals (inference.py), the compare report."""
+from widthlab.scaling.fit import (Curve, ScalingFit, effective_width, fit_curve, fit_loglog, fit_scaling,
+                                  profile_ci)
+from widthlab.scaling.inference import Bootstrap, Design, bootstrap, estimates
 
-__all__ = ["ScalingBootstrap", "ScalingFit", "bootstrap_scaling", "effective_width", "fit_loglog",
-           "fit_scaling", "welch_t", "width_multiplier"]
+__all__ = ["Bootstrap", "Curve", "Design", "ScalingFit", "bootstrap", "effective_width", "estimates", "fit_curve",
+           "fit_loglog", "fit_scaling", "profile_ci"]

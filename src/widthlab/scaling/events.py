@@ -51,11 +51,15 @@ def last_value(scalars: Scalars, tag: str, mean_of_last: int = 1) -> float | Non
     return sum(tail) / len(tail)
 
 
-def summary_from_scalars(scalars: Scalars) -> dict[str, float]:
-    """The results.csv columns that the event files can supply: losses, and `geometry/<matrix>/<stat>` tags
-    as `geom_<matrix>_<stat>`. train_loss is the mean of the last 10 points, like the 'recent mean' in the
-    summaries."""
-    out = {}
+def summary_from_scalars(scalars: Scalars) -> dict:
+    """The results.csv columns that the event files can supply: losses (val_loss = the last validation,
+    val_loss_best = the lowest, val_history = every one), and `geometry/<matrix>/<stat>` tags as
+    `geom_<matrix>_<stat>`. train_loss is the mean of the last 10 points of the running (dropout-on) loss."""
+    out: dict = {}
+    val = scalars.get("val/loss")
+    if val:
+        out["val_loss_best"] = min(v for _, v in val)
+        out["val_history"] = [(s, v) for s, v in val]
     for col, tag in COLUMN_TAGS.items():
         v = last_value(scalars, tag, mean_of_last=10 if col == "train_loss" else 1)
         if v is not None:

@@ -1,30 +1,22 @@
-"""Power-law fits, bootstrap CIs and width multipliers: pure numpy/scipy, no I/O.
+"""Power-law fits and their intervals: pure numpy/scipy, no I/O. The method, and why, is in docs/statistics.md.
 
-The model (DESIGN.md, refs/interventions.md §3), with x the width m (or params N, or FLOPs C):
+The model, with x the width m (or params N, or FLOPs C):
 
-    L(x) = A_arm · x^-α + E          L in nats/token; A_arm > 0; E ≥ 0 shared by all arms
+    L(x) = A · x^-α + E          L in nats/token; A ≥ 0; E ≥ 0
 
-* E is the data's irreducible loss, which no packing idea should change, so it is shared. α is shared too by
-  default (the universality claim); `shared_alpha=False` frees α per arm so that claim can be tested.
-* Estimator: variable projection. For fixed α the model is linear in (A_arm…, E), so those come from a
-  non-negative least-squares solve; what remains is a residual profile in α alone, minimised on a log grid
-  and then by a bounded scalar search around the best grid point. Nothing to initialise, no loss-scale
-  trouble of the kind Epoch found in Chinchilla's Approach 3.
-* Residuals are in loss space (nats), not log-loss: the model is linear only there, and seed noise on a
-  validation loss is additive and roughly constant in nats across widths (losses span < 2×, so log space
-  would change the weights by little anyway).
-* x is divided by its geometric mean x_ref inside the solve, so the columns x^-α and 1 are on one scale even
-  for x = FLOPs ~ 1e15; the A reported is for raw x.
-
-Multipliers. Inverting the baseline curve gives the width that would reach a loss L:
-    m_eq(L) = ((L − E) / A_base)^(-1/α_base)          (inf when L ≤ E: no finite baseline gets there)
-and k(m) = m_eq(L_arm(m)) / m. With shared α the curves are parallel and k = (A_base / A_arm)^(1/α) at every m.
-The same inversion on the baseline's L(N) and L(C) fits gives k_N = N_base(L_arm)/N_arm and
-k_C = C_base(L_arm)/C_arm, the params- and compute-equivalent gains. Summaries over widths are geometric means.
-
-When the widths do not pin α and E apart (training-limited sweeps), those multipliers are extrapolations of an
-arbitrary curve. `interpolated_equivalent` needs no power law: it reads m_eq (or C_eq) off the baseline's own
-measured points (monotone cubic in log x); outside the measured range it gives only a bound.
+* Estimator: variable projection. For fixed α the model is linear in (A, E), so those come from a
+  non-negative least-squares solve; what remains is a residual profile in α alone, minimised on a log grid and
+  then by a bounded scalar search. Nothing to initialise, no loss-scale trouble (Epoch's critique of
+  Chinchilla's Approach 3). `fit_curve` is the fast one-curve case (closed-form 2×2 solve), `fit_scaling` the
+  several-arm case (per-arm A, shared or per-arm α, shared E).
+* Residuals are in loss space (nats): the model is linear only there, and seed noise on a validation loss is
+  additive and roughly constant in nats across widths.
+* Weights: a curve fitted to cell means with weights n_c (seeds per cell) has the same estimate and profile as
+  one fitted to every run, so callers pass cell means and counts.
+* Intervals for α and E are profile-likelihood intervals (Bates & Watts 1988, §6): the set of values whose
+  best fit raises the RSS by at most s²·F(1, ν), with s² the seed (pure-error) variance on ν degrees of
+  freedom. Unlike a Wald or pairs-bootstrap interval they follow the banana-shaped α–E valley and widen
+  correctly when only a few widths constrain the curve. `lack_of_fit` is the classical pure-error F test.
 """
 from __future__ import annotations
 
@@ -33,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import interpolate, optimize, stats
 
-ALPHA_BOUNDS = (0.02, 4.0)  # widths 32…512 cannot tell α outside this apart from E moving
-_GRID = 24  # log-spaced: neighbours differ by 25 %, then Brent refines between them
+ALPHA_BOUNDS = (0.02, 4.0)  # widths 8…512 cannot tell α outside this apart from E moving
+_GRID = 48  # log-spaced grid for the α search: neighbours differ by 12 %, then Brent refines between them
 
 
 # ---------------------------------------------------------------------------------------------- log-log slope
@@ -44,13 +36,15 @@ class LogLogFit:
     """log y = intercept + slope · log x (natural logs)."""
     slope: float
     intercept: float
-    stderr: float                  # OLS standard error of the slope
-    ci: tuple[float, float]        # bootstrap (over points) percentile CI of the slope
-    n: int
+    stderr: float                  # OLS standard error of the slope (NaN for n = 2)
+    ci: tuple[float, float]        # slope ± t(n−2) · stderr (NaN for n = 2)
+    n: int                         # points fitted
 
 
-def fit_loglog(x, y, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> LogLogFit:
-    """OLS on (log x, log y); x, y: (n,) positive. Non-positive or non-finite pairs are dropped."""
+def fit_loglog(x, y, ci: float = 0.95) -> LogLogFit:
+    """OLS on (log x, log y) with a t interval on the slope (n − 2 dof); x, y: (n,) positive. Non-positive or
+    non-finite pairs are dropped. With 4–6 points a pairs bootstrap under-covers badly (many resamples have
+    2–3 distinct x); the t interval is exact for Gaussian scatter about a line."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     lx, ly = np.log(x[ok]), np.log(y[ok])
@@ -58,17 +52,206 @@ def fit_loglog(x, y, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> Log
     if n < 2 or np.ptp(lx) == 0:
         raise ValueError(f"fit_loglog needs at least 2 distinct positive x, got {n} points")
     res = stats.linregress(lx, ly)
-    stderr = float(res.stderr) if n > 2 else float("nan")
-    rng = np.random.default_rng(seed)
-    slopes = []
-    for _ in range(n_boot):
-        i = rng.integers(0, n, n)
-        if np.ptp(lx[i]) > 0:  # a resample of one x has no slope
-            slopes.append(np.polyfit(lx[i], ly[i], 1)[0])
-    return LogLogFit(float(res.slope), float(res.intercept), stderr, _interval(np.array(slopes), ci), n)
+    if n > 2 and len(np.unique(lx)) > 2:
+        se = float(res.stderr)
+        half = float(stats.t.ppf(0.5 + ci / 2, n - 2)) * se
+        return LogLogFit(float(res.slope), float(res.intercept), se, (res.slope - half, res.slope + half), n)
+    return LogLogFit(float(res.slope), float(res.intercept), float("nan"), (float("nan"), float("nan")), n)
 
 
-# ---------------------------------------------------------------------------------------------- L = A x^-α + E
+# ---------------------------------------------------------------------------------------------- one curve
+
+@dataclass
+class Curve:
+    """L = A · x^-alpha + E for raw x, fitted to n points (cell means) with weights w."""
+    A: float
+    alpha: float
+    E: float
+    rss: float                     # Σ w·(y − f)²
+    n: int
+    at_bound: bool                 # α sits on its search bound: the points do not pin it
+
+    def __call__(self, x) -> np.ndarray:
+        return self.A * np.asarray(x, float) ** -self.alpha + self.E
+
+    def inverse(self, L) -> np.ndarray:
+        """x at which the curve reaches L (inf where L ≤ E: no finite x gets there)."""
+        return effective_width(L, self.A, self.alpha, self.E)
+
+
+def _solve2(u: np.ndarray, y: np.ndarray, w: np.ndarray, fix_E: float | None) -> tuple[float, float, float]:
+    """min Σ w(y − a·u − e)² over a ≥ 0, e ≥ 0 (or e fixed): the NNLS of two columns in closed form → (a, e, rss)."""
+    if fix_E is not None:
+        r = y - fix_E
+        a = max(float((w * u * r).sum() / (w * u * u).sum()), 0.0)
+        return a, fix_E, float((w * (r - a * u) ** 2).sum())
+    sw, su, sy = w.sum(), (w * u).sum(), (w * y).sum()
+    suu, suy = (w * u * u).sum(), (w * u * y).sum()
+    det = sw * suu - su * su
+    cands = []
+    if det > 1e-300 * max(sw * suu, 1e-300):
+        a, e = (sw * suy - su * sy) / det, (suu * sy - su * suy) / det
+        if a >= 0 and e >= 0:
+            cands.append((a, e))
+    if not cands:  # the unconstrained optimum is infeasible: the best lies on an edge (e = 0 or a = 0)
+        cands = [(max(suy / suu, 0.0), 0.0), (0.0, max(sy / sw, 0.0))]
+    best = None
+    for a, e in cands:
+        rss = float((w * (y - a * u - e) ** 2).sum())
+        if best is None or rss < best[2]:
+            best = (float(a), float(e), rss)
+    return best
+
+
+def _rss_batch(xs: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """RSS of the best (A ≥ 0, E ≥ 0) for each α in `alphas` at once: `_solve2` vectorised over α."""
+    U = xs[None, :] ** -alphas[:, None]
+    sw, sy = w.sum(), (w * y).sum()
+    su, suu, suy = (U * w).sum(1), (U * U * w).sum(1), (U * w * y).sum(1)
+    det = sw * suu - su * su
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a, e = (sw * suy - su * sy) / det, (suu * sy - su * suy) / det
+        a0 = np.maximum(suy / suu, 0.0)  # edge e = 0
+    rss = lambda a_, e_: (w * (y[None, :] - a_[:, None] * U - e_[:, None]) ** 2).sum(1)  # noqa: E731
+    edge = np.minimum(rss(a0, np.zeros_like(a0)), float((w * (y - max(sy / sw, 0.0)) ** 2).sum()))
+    feasible = (det > 0) & (a >= 0) & (e >= 0)
+    return np.where(feasible, rss(np.where(feasible, a, 0.0), np.where(feasible, e, 0.0)), edge)
+
+
+def _argmin_alpha(xs: np.ndarray, y: np.ndarray, w: np.ndarray, lo: float, hi: float) -> float:
+    """α minimising `_rss_batch` on [lo, hi]: a log grid, zoomed in three times around its best point, then a
+    parabola through the last three points (relative precision ≈ 1e-9 on smooth profiles)."""
+    a, b = np.log(lo), np.log(hi)
+    for _ in range(4):
+        g = np.linspace(a, b, _GRID)
+        r = _rss_batch(xs, y, w, np.exp(g))
+        i = int(np.argmin(r))
+        a, b = g[max(i - 1, 0)], g[min(i + 1, _GRID - 1)]
+    if 0 < i < _GRID - 1:
+        r0, r1, r2 = r[i - 1], r[i], r[i + 1]
+        den = r0 - 2 * r1 + r2
+        step = 0.5 * (r0 - r2) / den if den > 0 else 0.0
+        return float(np.exp(g[i] + step * (g[1] - g[0])))
+    return float(np.exp(g[i]))
+
+
+def _min_1d(f, lo: float, hi: float, grid_n: int = _GRID) -> float:
+    """Minimise f on [lo, hi]: log grid, then bounded Brent between the best point's neighbours."""
+    grid = np.geomspace(lo, hi, grid_n)
+    vals = np.array([f(a) for a in grid])
+    i = int(np.argmin(vals))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid_n - 1)]
+    r = optimize.minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-9 * b})
+    return float(r.x) if r.fun <= vals[i] else float(grid[i])
+
+
+def fit_curve(x, y, w=None, fix_E: float | None = None,
+              alpha_bounds: tuple[float, float] = ALPHA_BOUNDS) -> Curve:
+    """Fit L = A·x^-α + E to points (x, y) with weights w (seeds per cell; default 1) by variable projection.
+    fix_E: hold E at this value (0 for a pure power law). Needs ≥ 3 distinct x (≥ 2 with E fixed)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    w = np.ones_like(x) if w is None else np.asarray(w, float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (w > 0)
+    x, y, w = x[ok], y[ok], w[ok]
+    need = 2 if fix_E is not None else 3
+    if len(np.unique(x)) < need:
+        raise ValueError(f"a curve needs >= {need} distinct x, got {len(np.unique(x))}")
+    x_ref = float(np.exp(np.average(np.log(x), weights=w)))  # columns x^-α and 1 on one scale, even for FLOPs
+    xs = x / x_ref
+    if fix_E is None:
+        alpha = _argmin_alpha(xs, y, w, *alpha_bounds)
+    else:
+        alpha = _min_1d(lambda a: _solve2(xs ** -a, y, w, fix_E)[2], *alpha_bounds, grid_n=24)
+    a, e, rss = _solve2(xs ** -alpha, y, w, fix_E)
+    lo, hi = alpha_bounds
+    at_bound = bool(np.isclose(alpha, lo, rtol=1e-3) or np.isclose(alpha, hi, rtol=1e-3))
+    return Curve(a * x_ref ** alpha, alpha, e, rss, len(x), at_bound)
+
+
+def pure_error(groups) -> tuple[float, int]:
+    """(SS, ν) of the spread within groups (seeds of one configuration): Σ (y − ȳ_group)², Σ (n_group − 1)."""
+    ss, nu = 0.0, 0
+    for g in groups:
+        g = np.asarray(g, float)
+        g = g[np.isfinite(g)]
+        if len(g) > 1:
+            ss += float(((g - g.mean()) ** 2).sum())
+            nu += len(g) - 1
+    return ss, nu
+
+
+@dataclass
+class ProfileCI:
+    lo: float
+    hi: float
+    open_lo: bool   # the interval runs into the parameter's bound: the data give no lower limit
+    open_hi: bool
+
+
+def _crossings(f, grid: np.ndarray, best: float, level: float, lo_open_val: float, hi_open_val: float) -> ProfileCI:
+    """Where f (a profile RSS) rises above `level`, left and right of `best`, searched on `grid` then by brentq."""
+    vals = np.array([f(g) for g in grid])
+    left, right = grid[grid < best], grid[grid > best]
+    vl, vr = vals[grid < best], vals[grid > best]
+    out = []
+    for side, xs, vs in (("lo", left[::-1], vl[::-1]), ("hi", right, vr)):
+        idx = np.flatnonzero(vs > level)
+        if idx.size == 0:
+            out.append((lo_open_val if side == "lo" else hi_open_val, True))
+            continue
+        j = idx[0]
+        inner = best if j == 0 else xs[j - 1]
+        root = optimize.brentq(lambda t: f(t) - level, min(inner, xs[j]), max(inner, xs[j]), xtol=1e-10)
+        out.append((float(root), False))
+    return ProfileCI(out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+def profile_ci(x, y, w, s2: float, dof: int, ci: float = 0.95,
+               alpha_bounds: tuple[float, float] = ALPHA_BOUNDS) -> dict[str, ProfileCI]:
+    """Profile-likelihood intervals of α and E for `fit_curve(x, y, w)`.
+
+    A value θ is inside when min over the other parameters of RSS(θ) ≤ RSS_min + s²·F(1, ν; ci), with s² the
+    noise variance of one run (seed variance, or the residual mean square when there are no seeds) on ν dof.
+    α is searched within alpha_bounds, E within [0, min y]; an end that reaches its bound is marked open."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    w = np.ones_like(x) if w is None else np.asarray(w, float)
+    best = fit_curve(x, y, w, alpha_bounds=alpha_bounds)
+    if not (np.isfinite(s2) and s2 > 0 and dof >= 1):
+        nan = ProfileCI(float("nan"), float("nan"), False, False)
+        return {"alpha": nan, "E": nan}
+    level = best.rss + s2 * float(stats.f.ppf(ci, 1, dof))
+    x_ref = float(np.exp(np.average(np.log(x), weights=w)))
+    xs = x / x_ref
+    rss_alpha = lambda a: _solve2(xs ** -a, y, w, None)[2]  # noqa: E731
+    lo, hi = alpha_bounds
+    a_grid = np.geomspace(lo, hi, 4 * _GRID)
+    out = {"alpha": _crossings(rss_alpha, a_grid, best.alpha, level, lo, hi)}
+    e_max = float(y.min())
+    rss_E = lambda e: fit_curve(x, y, w, fix_E=float(e), alpha_bounds=alpha_bounds).rss  # noqa: E731
+    e_grid = np.unique(np.r_[np.linspace(0.0, e_max, 41)[:-1], e_max * (1 - np.geomspace(1e-4, 2.5e-2, 8))])
+    out["E"] = _crossings(rss_E, e_grid, best.E, level, 0.0, e_max)
+    return out
+
+
+@dataclass
+class LackOfFit:
+    chi2_dof: float   # mean square of the cell means about the curve, in units of the seed variance (an F)
+    dof: int          # cells − parameters
+    nu: int           # pure-error dof (seeds)
+    p: float          # P(F ≥ chi2_dof) under a correct model; NaN when untestable
+
+
+def lack_of_fit(rss_cells: float, n_cells: int, n_params: int, s2: float, nu: int) -> LackOfFit:
+    """The pure-error F test (Draper & Smith §2.1): rss_cells = Σ n_c (ȳ_c − f_c)², compared with the seed
+    variance s² on ν dof. chi2_dof ≈ 1 when the curve fits to within seed noise."""
+    dof = n_cells - n_params
+    if dof < 1 or nu < 1 or not (s2 > 0):
+        return LackOfFit(float("nan"), dof, nu, float("nan"))
+    F = rss_cells / dof / s2
+    return LackOfFit(float(F), dof, nu, float(stats.f.sf(F, dof, nu)))
+
+
+# ---------------------------------------------------------------------------------------------- several arms
 
 @dataclass
 class ScalingFit:
@@ -80,7 +263,7 @@ class ScalingFit:
     E: float                        # nats
     shared_alpha: bool
     fix_E: bool
-    rss: float                      # sum of squared residuals, nats²
+    rss: float                      # Σ w·residual², nats²
     n: int                          # points fitted
     at_bound: bool                  # some α sits on ALPHA_BOUNDS: the data do not pin it
     x: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # distinct x per arm
@@ -90,65 +273,45 @@ class ScalingFit:
 
     @property
     def k(self) -> dict[str, float]:
-        """Summary width multiplier per arm (baseline = 1): closed form when α is shared, else the geometric
-        mean over the arm's widths of k(m) on its fitted curve."""
+        """With shared α the arms' curves are parallel in log m and k = (A_base/A_arm)^(1/α) at every width."""
         b = self.baseline
-        out = {}
-        for a in self.arms:
-            if self.shared_alpha:
-                out[a] = _ratio_pow(self.A[b], self.A[a], self.alpha[b])
-            else:
-                xs = self.x[a]
-                out[a] = _geomean(width_multiplier(xs, self.predict(xs, a), self.A[b], self.alpha[b], self.E))
-        return out
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return {a: float((self.A[b] / self.A[a]) ** (1 / self.alpha[b])) if self.A[a] > 0 else float("inf")
+                    for a in self.arms} if self.shared_alpha else {a: float("nan") for a in self.arms}
 
 
-def _ratio_pow(num: float, den: float, alpha: float) -> float:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float((num / den) ** (1.0 / alpha)) if den > 0 else float("inf")
-
-
-def _profile(alpha_arm: np.ndarray, xs: np.ndarray, y: np.ndarray, idx: np.ndarray, fix_E: bool):
-    """Best (A'…, E) for fixed per-arm α, by NNLS (A ≥ 0, E ≥ 0); returns (coef, rss). xs = x / x_ref."""
-    n_arms = len(alpha_arm)
-    X = np.zeros((len(y), n_arms + (0 if fix_E else 1)))
+def _profile(alpha_arm: np.ndarray, xs: np.ndarray, y: np.ndarray, sw: np.ndarray, idx: np.ndarray, fix_E: bool):
+    """Best (A'…, E) for fixed per-arm α, by NNLS (A ≥ 0, E ≥ 0), rows weighted by √w → (coef, rss)."""
+    X = np.zeros((len(y), len(alpha_arm) + (0 if fix_E else 1)))
     X[np.arange(len(y)), idx] = xs ** -alpha_arm[idx]
     if not fix_E:
         X[:, -1] = 1.0
-    coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    Xw, yw = X * sw[:, None], y * sw
+    coef = np.linalg.lstsq(Xw, yw, rcond=None)[0]
     if (coef < 0).any():  # the unconstrained optimum is infeasible: fall back to the constrained solve
-        coef = optimize.nnls(X, y)[0]
-    r = y - X @ coef
+        coef = optimize.nnls(Xw, yw)[0]
+    r = yw - Xw @ coef
     return coef, float(r @ r)
 
 
-def _min_1d(f, lo: float, hi: float) -> float:
-    """Minimise f on [lo, hi]: log grid, then bounded Brent between the best point's neighbours."""
-    grid = np.geomspace(lo, hi, _GRID)
-    vals = np.array([f(a) for a in grid])
-    i = int(np.argmin(vals))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, _GRID - 1)]
-    r = optimize.minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
-    return float(r.x) if r.fun <= vals[i] else float(grid[i])
-
-
 def fit_scaling(m, L, arm=None, baseline: str = "baseline", shared_alpha: bool = True, fix_E: bool = False,
-                alpha_bounds: tuple[float, float] = ALPHA_BOUNDS) -> ScalingFit:
-    """Fit L = A_arm · m^-α + E by variable projection.
+                w=None, alpha_bounds: tuple[float, float] = ALPHA_BOUNDS) -> ScalingFit:
+    """Fit L = A_arm · m^-α + E jointly over arms by variable projection.
 
     Args:
         m: (n,) widths (or params, or FLOPs), positive.
-        L: (n,) losses in nats/token, one per run (seeds are separate points).
+        L: (n,) losses in nats/token (runs, or cell means with weights w = seeds per cell).
         arm: (n,) arm names, or None for a single arm called `baseline`.
-        baseline: the arm other arms are measured against; it needs ≥ 3 distinct m.
+        baseline: listed first; it needs ≥ 3 distinct m.
         shared_alpha: one α for all arms (default) or one per arm.
         fix_E: fix E = 0 (pure power law) instead of fitting it.
-        alpha_bounds: search range for α.
+        w: (n,) weights, default 1.
     """
     m, L = np.asarray(m, float), np.asarray(L, float)
     arm = np.full(len(m), baseline, dtype=object) if arm is None else np.asarray(arm, dtype=object)
+    w = np.ones_like(m) if w is None else np.asarray(w, float)
     ok = np.isfinite(m) & np.isfinite(L) & (m > 0)
-    m, L, arm = m[ok], L[ok], arm[ok]
+    m, L, arm, w = m[ok], L[ok], arm[ok], w[ok]
     names = sorted(set(arm), key=lambda a: (a != baseline, a))
     if baseline not in names:
         raise ValueError(f"baseline arm {baseline!r} not among {names}")
@@ -157,19 +320,16 @@ def fit_scaling(m, L, arm=None, baseline: str = "baseline", shared_alpha: bool =
         raise ValueError(f"baseline needs >= 3 distinct x, got {len(xs_by_arm[baseline])}")
     idx = np.array([names.index(a) for a in arm])
     x_ref = float(np.exp(np.log(m).mean()))
-    xs = m / x_ref
+    xs, sw = m / x_ref, np.sqrt(w)
     lo, hi = alpha_bounds
-
-    def rss_shared(a: float) -> float:
-        return _profile(np.full(len(names), a), xs, L, idx, fix_E)[1]
-
-    alpha = np.full(len(names), _min_1d(rss_shared, lo, hi))
+    rss_shared = lambda a: _profile(np.full(len(names), a), xs, L, sw, idx, fix_E)[1]  # noqa: E731
+    alpha = np.full(len(names), _min_1d(rss_shared, lo, hi, 24))
     if not shared_alpha and len(names) > 1:
-        r = optimize.minimize(lambda v: _profile(v, xs, L, idx, fix_E)[1], alpha, method="Powell",
+        r = optimize.minimize(lambda v: _profile(v, xs, L, sw, idx, fix_E)[1], alpha, method="Powell",
                               bounds=[alpha_bounds] * len(names), options={"xtol": 1e-8, "ftol": 1e-12})
         if r.fun <= rss_shared(alpha[0]):
             alpha = np.asarray(r.x, float)
-    coef, rss = _profile(alpha, xs, L, idx, fix_E)
+    coef, rss = _profile(alpha, xs, L, sw, idx, fix_E)
     E = 0.0 if fix_E else float(coef[-1])
     A = {a: float(coef[i] * x_ref ** alpha[i]) for i, a in enumerate(names)}
     at_bound = bool(np.any(np.isclose(alpha, lo, rtol=1e-3) | np.isclose(alpha, hi, rtol=1e-3)))
@@ -187,9 +347,13 @@ def effective_width(L, A: float, alpha: float, E: float) -> np.ndarray:
         return np.where(gap > 0, np.abs(gap) ** (-1.0 / alpha), np.where(np.isnan(gap), np.nan, np.inf))
 
 
-def width_multiplier(m, L, A_base: float, alpha_base: float, E: float) -> np.ndarray:
-    """k(m) = m_eq / m: how much wider the baseline must be to match loss L reached at width m."""
-    return effective_width(L, A_base, alpha_base, E) / np.asarray(m, float)
+def shifted_equivalent(curve: Curve, x_ref, dL) -> np.ndarray:
+    """The baseline x that reaches a loss dL below (dL < 0) or above the baseline's own measurement at x_ref,
+    moving along the fitted curve: curve⁻¹(curve(x_ref) + dL). Exactly x_ref when dL = 0, so the baseline
+    measured against itself is 1 at every width, whatever the curve's residual there."""
+    x_ref, dL = np.asarray(x_ref, float), np.asarray(dL, float)
+    with np.errstate(invalid="ignore"):
+        return np.where(dL == 0, x_ref, curve.inverse(curve(x_ref) + dL))
 
 
 def interpolated_equivalent(x_base, L_base, L: float) -> tuple[float, str]:
@@ -198,31 +362,44 @@ def interpolated_equivalent(x_base, L_base, L: float) -> tuple[float, str]:
     x_base, L_base: the baseline's cell means. The baseline is made monotone first (a wider model that trained
     worse than a narrower one defines no new loss level and is dropped). log x is then interpolated as a
     function of L by a monotone cubic (PCHIP): exact on curves linear in log x, within ~3 % of k on a power
-    law sampled at doublings (straight lines there overestimate k by ~5 %, always upward, as L is convex in
-    log x). kind: "" for an interpolated value, ">" when L is below every baseline loss (x_eq is then the largest
-    x: a lower bound), "<" when L is above every baseline loss (x_eq the smallest x: an upper bound), "nan" for
-    NaN input.
+    law sampled at doublings. kind: "" for an interpolated value, ">" when L is below every baseline loss
+    (x_eq is then the largest x: a lower bound), "<" when L is above every baseline loss (x_eq the smallest x:
+    an upper bound), "nan" for NaN input.
     """
-    x_base, L_base = np.asarray(x_base, float), np.asarray(L_base, float)
+    x_eq, kind = interpolated_equivalents(x_base, L_base, np.array([L], float))
+    return float(x_eq[0]), str(kind[0])
+
+
+def interpolated_equivalents(x_base, L_base, L) -> tuple[np.ndarray, np.ndarray]:
+    """`interpolated_equivalent` for an array of losses L at once (one interpolant)."""
+    x_base, L_base, L = np.asarray(x_base, float), np.asarray(L_base, float), np.asarray(L, float)
+    if x_base.size == 0 or not (np.isfinite(x_base).all() and np.isfinite(L_base).all()):
+        return np.full(L.shape, np.nan), np.full(L.shape, "nan", dtype=object)  # e.g. no FLOPs column
     o = np.argsort(x_base)
     xb, Lb = x_base[o], L_base[o]
     x_max = float(xb[-1])  # beating every measured baseline bounds m_eq by the widest one, trained well or not
     keep = np.r_[True, Lb[1:] < np.minimum.accumulate(Lb)[:-1]]  # strictly new loss levels only
     xb, Lb = xb[keep], Lb[keep]
-    if not np.isfinite(L):
-        return float("nan"), "nan"
-    if L < Lb[-1]:
-        return x_max, ">"
-    if L > Lb[0]:
-        return float(xb[0]), "<"
-    hit = np.flatnonzero(Lb == L)
-    if hit.size:
-        return float(xb[hit[0]]), ""
-    g = interpolate.PchipInterpolator(Lb[::-1], np.log(xb[::-1]))  # L increasing ↔ x decreasing
-    return float(np.exp(g(L))), ""
+    x_eq, kind = np.full(L.shape, np.nan), np.full(L.shape, "", dtype=object)
+    nan, below, above = ~np.isfinite(L), L < Lb[-1], L > Lb[0]
+    kind[nan], kind[below], kind[above] = "nan", ">", "<"
+    x_eq[below], x_eq[above] = x_max, xb[0]
+    inside = ~(nan | below | above)
+    if inside.any():
+        if len(xb) == 1:
+            x_eq[inside] = xb[0]
+        else:
+            g = interpolate.PchipInterpolator(Lb[::-1], np.log(xb[::-1]))  # L increasing ↔ x decreasing
+            x_eq[inside] = np.exp(g(L[inside]))
+        for j in np.flatnonzero(inside):  # a measured level maps exactly to its own width
+            hit = np.flatnonzero(Lb == L[j])
+            if hit.size:
+                x_eq[j] = xb[hit[0]]
+    return x_eq, kind
 
 
-def _geomean(k) -> float:
+def geomean(k) -> float:
+    """Geometric mean; NaN if any is NaN or there are none, inf if any is inf."""
     k = np.asarray(k, float)
     if k.size == 0 or np.isnan(k).any():
         return float("nan")
@@ -230,162 +407,3 @@ def _geomean(k) -> float:
         return float("inf")
     with np.errstate(divide="ignore"):
         return float(np.exp(np.log(k).mean()))
-
-
-def _cells(m, arm) -> dict[tuple[str, float], np.ndarray]:
-    """Row indices per (arm, m) cell: the seeds of one configuration."""
-    out: dict[tuple[str, float], list[int]] = {}
-    for i, key in enumerate(zip(arm, m)):
-        out.setdefault(key, []).append(i)
-    return {k: np.array(v) for k, v in sorted(out.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))}
-
-
-def multipliers(fit: ScalingFit, m, L, arm, N=None, N_nonembed=None, C=None, L_obs=None) -> dict[str, float]:
-    """Every derived number for one fit, as a flat dict (the unit the bootstrap resamples).
-
-    Keys: `alpha` (NaN unless shared), `alpha/<arm>`, `A/<arm>`, `E`, `k/<arm>`; per width `k_m/<arm>/<m>`
-    from the observed mean loss of the cell; `k_int/<arm>/<m>` (and `k_intC/…` when C is given) read off the
-    baseline's measured points by `interpolated_equivalent`, NaN outside their range; and, for each cost axis given (`N` total params, `Nne`
-    non-embedding params, `C` training FLOPs): the baseline fit `fit<X>/A|a|E`, `k_<X>/<arm>/<m>` and the
-    geometric-mean summary `k_<X>/<arm>`. NaN where a number cannot be formed (e.g. < 3 distinct baseline N).
-    L_obs: losses for the interpolated keys when they differ from L (the residual bootstrap centres the fit's
-    draws on the fitted curve but the measured-point draws on the measured losses).
-    """
-    m, L, arm = np.asarray(m, float), np.asarray(L, float), np.asarray(arm, dtype=object)
-    b = fit.baseline
-    out = {"alpha": fit.alpha[b] if fit.shared_alpha else float("nan"), "E": fit.E}
-    for a in fit.arms:
-        out[f"alpha/{a}"], out[f"A/{a}"], out[f"k/{a}"] = fit.alpha[a], fit.A[a], fit.k[a]
-    cells = _cells(m, arm)
-    Lbar = {key: float(np.nanmean(L[i])) for key, i in cells.items()}
-    for (a, w), Lc in Lbar.items():
-        out[f"k_m/{a}/{int(w)}"] = float(width_multiplier(w, Lc, fit.A[b], fit.alpha[b], fit.E))
-    Lobs = Lbar if L_obs is None else {key: float(np.nanmean(np.asarray(L_obs, float)[i])) for key, i in cells.items()}
-    base_cells = [(w, Lc) for (a, w), Lc in Lobs.items() if a == b]
-    Cbar = ({key: float(np.nanmean(np.asarray(C, float)[i])) for key, i in cells.items()} if C is not None else {})
-    for (a, w), Lc in Lobs.items():
-        x_eq, kind = interpolated_equivalent([w_ for w_, _ in base_cells], [l for _, l in base_cells], Lc)
-        out[f"k_int/{a}/{int(w)}"] = x_eq / w if kind == "" else float("nan")
-        if Cbar:
-            cb = [Cbar[(b, w_)] for w_, _ in base_cells]
-            x_eq, kind = interpolated_equivalent(cb, [l for _, l in base_cells], Lc)
-            out[f"k_intC/{a}/{int(w)}"] = x_eq / Cbar[(a, w)] if kind == "" else float("nan")
-    for name, cost in (("N", N), ("Nne", N_nonembed), ("C", C)):
-        if cost is None:
-            continue
-        cost = np.asarray(cost, float)
-        base = (arm == b) & np.isfinite(cost) & np.isfinite(L)
-        try:
-            f = fit_scaling(cost[base], L[base], baseline=b, fix_E=fit.fix_E)
-            A, al, E = f.A[b], f.alpha[b], f.E
-        except ValueError:
-            A = al = E = float("nan")
-        out[f"fit{name}/A"], out[f"fit{name}/a"], out[f"fit{name}/E"] = A, al, E
-        per_arm: dict[str, list[float]] = {}
-        for (a, w), i in cells.items():
-            c = float(np.nanmean(cost[i])) if np.isfinite(cost[i]).any() else float("nan")
-            k = float(effective_width(Lbar[(a, w)], A, al, E) / c) if np.isfinite(A) else float("nan")
-            out[f"k_{name}/{a}/{int(w)}"] = k
-            per_arm.setdefault(a, []).append(k)
-        for a, ks in per_arm.items():
-            out[f"k_{name}/{a}"] = _geomean(ks)
-    return out
-
-
-@dataclass
-class ScalingBootstrap:
-    """Point estimates and percentile CIs for every key of `multipliers` (see there)."""
-    fit: ScalingFit
-    est: dict[str, float]
-    ci: dict[str, tuple[float, float]]
-    samples: dict[str, np.ndarray] = field(repr=False)   # key -> (n_ok,) draws, NaN where a draw lacked it
-    method: str          # "cases" (seeds resampled within each arm×width cell) or "residuals"
-    n_ok: int            # resamples that fitted
-
-
-def bootstrap_scaling(m, L, arm, baseline: str = "baseline", shared_alpha: bool = True, fix_E: bool = False,
-                      N=None, N_nonembed=None, C=None, n_boot: int = 1000, ci: float = 0.95,
-                      seed: int = 0) -> ScalingBootstrap:
-    """Refit on resampled runs and take percentile CIs of every derived number.
-
-    Runs are resampled with replacement within each (arm, width) cell, so every resample keeps the design
-    (all widths, all arms) and only seed noise varies. Resampling n values keeps (n−1)/n of their variance,
-    which with 2–4 seeds makes CIs visibly narrow, so resampled losses are re-spread about their cell mean by
-    √(n/(n−1)) (costs stay as drawn). If some cell holds a single run, case resampling
-    would give it zero variance, so we resample the fit's residuals instead (scaled by √(n/(n−p)) for the
-    p fitted parameters): added to the fitted curve for the fit's numbers, to the measured losses for the
-    measured-point multipliers k_int. With one seed those residuals mix seed noise with the curve's lack of fit,
-    so the CIs are conservative. m, L, arm, N, N_nonembed, C: (n,) per-run arrays as in `multipliers`.
-    """
-    m, L, arm = np.asarray(m, float), np.asarray(L, float), np.asarray(arm, dtype=object)
-    costs = {k: (None if v is None else np.asarray(v, float)) for k, v in
-             (("N", N), ("N_nonembed", N_nonembed), ("C", C))}
-    fit = fit_scaling(m, L, arm, baseline, shared_alpha, fix_E)
-    est = multipliers(fit, m, L, arm, **costs)
-    cells = list(_cells(m, arm).values())
-    method = "cases" if min(len(c) for c in cells) >= 2 else "residuals"
-    fitted = np.array([fit.predict(mi, a) for mi, a in zip(m, arm)])
-    p = len(fit.arms) * (1 if shared_alpha else 2) + (1 if shared_alpha else 0) + (0 if fix_E else 1)
-    resid = (L - fitted) * np.sqrt(len(L) / max(len(L) - p, 1))
-    # Resampling n seeds keeps only (n−1)/n of their variance; spread each resampled run away from its cell
-    # mean by √(n/(n−1)) − 1 more so the cell means vary as much as they would across fresh seeds.
-    Lcell, shrink = np.empty_like(L), np.zeros_like(L)
-    for c in cells:
-        Lcell[c] = L[c].mean()
-        shrink[c] = np.sqrt(len(c) / (len(c) - 1)) - 1 if len(c) > 1 else 0.0
-    rng = np.random.default_rng(seed)
-    draws: list[dict[str, float]] = []
-    for _ in range(n_boot):
-        if method == "cases":
-            i = np.concatenate([rng.choice(c, len(c)) for c in cells])
-            mb, Lb, ab = m[i], L[i] + shrink[i] * (L[i] - Lcell[i]), arm[i]
-            cb = {k: (None if v is None else v[i]) for k, v in costs.items()}
-            Lo = None
-        else:
-            e = rng.choice(resid, len(L))
-            mb, Lb, ab, cb, Lo = m, fitted + e, arm, costs, L + e
-        try:
-            fb = fit_scaling(mb, Lb, ab, baseline, shared_alpha, fix_E)
-            draws.append(multipliers(fb, mb, Lb, ab, **cb, L_obs=Lo))
-        except (ValueError, np.linalg.LinAlgError):
-            continue  # counted by n_ok
-    samples = {k: np.array([d.get(k, np.nan) for d in draws]) for k in est}
-    return ScalingBootstrap(fit, est, {k: _interval(v, ci) for k, v in samples.items()}, samples, method,
-                            len(draws))
-
-
-def _interval(s: np.ndarray, ci: float) -> tuple[float, float]:
-    """Percentile interval; NaN draws dropped; no interpolation, so inf draws stay inf instead of NaN."""
-    s = np.asarray(s, float)
-    s = s[~np.isnan(s)]
-    if s.size == 0:
-        return float("nan"), float("nan")
-    q = (1 - ci) / 2
-    lo, hi = np.quantile(s, [q, 1 - q], method="inverted_cdf")
-    return float(lo), float(hi)
-
-
-# ---------------------------------------------------------------------------------------------- seeds
-
-@dataclass
-class WelchT:
-    diff: float   # mean(a) − mean(b)
-    t: float
-    dof: float    # Welch–Satterthwaite
-    p: float      # two-sided
-
-
-def welch_t(a, b) -> WelchT:
-    """Unequal-variance t-test of mean(a) vs mean(b); NaN when either side has < 2 values or both have zero
-    variance."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    diff = float(a.mean() - b.mean()) if a.size and b.size else float("nan")
-    if a.size < 2 or b.size < 2:
-        return WelchT(diff, float("nan"), float("nan"), float("nan"))
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    if va + vb == 0:
-        return WelchT(diff, float("nan"), float("nan"), float("nan"))
-    t = diff / np.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-    return WelchT(diff, float(t), float(dof), float(2 * stats.t.sf(abs(t), dof)))

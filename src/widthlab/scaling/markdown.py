@@ -1,4 +1,4 @@
-"""report.md for `compare`: the text only; every number in it is computed in report.py / fit.py."""
+"""report.md for `compare`: the text only; every number in it is computed in report.py / inference.py / fit.py."""
 from __future__ import annotations
 
 import math
@@ -25,87 +25,147 @@ def fmt(d: dict, digits: int = 3) -> str:
     return f"{g(d['est'])} [{g(d['lo'])}, {g(d['hi'])}]"
 
 
+def _bound(d: dict, key: str, digits: int = 3) -> str:
+    lo = ("≤ " if d["open_lo"] else "") + f"{d['lo']:.{digits}g}"
+    hi = f"{d['hi']:.{digits}g}" + (" (bound)" if d["open_hi"] else "")
+    return f"{key} = {d['est']:.{digits}g} [{lo}, {hi}]"
+
+
 def markdown(res: dict, runs: list[dict], figs: dict) -> str:
-    b, f = res["baseline"], res["fit"]
-    pct = f"{f['ci']:.0%}"
+    b, c = res["baseline"], res["curve"]
+    pct = f"{res['ci']:.0%}"
     lines = ["# Width-scaling comparison", "",
-             f"{res['n_runs']} runs, {res['n_fit']} in the fit; baseline arm `{b}`. Data-limited rule: "
-             f"{res['rule']}.", "", "## Runs", "",
-             "| arm | m | seeds | val loss (mean ± sd) | epochs | tokens/param | gap (val−train) | flagged | fitted |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{res['n_runs']} runs, {res['n_fit']} in the fit; fitted loss: `{res['loss']}`; baseline arm `{b}`. "
+             f"Data-limited rule: {res['rule']}. How every number below is computed: docs/statistics.md.", ""]
+    if res["skipped"]:
+        lines += [f"Skipped: {', '.join(res['skipped'])}.", ""]
+    lines += ["## Runs", "",
+              "| arm | m | seeds | fitted loss (mean ± sd) | last val loss | epochs | tokens/param | gap (val − train_eval) "
+              "| excluded |", "|---|---|---|---|---|---|---|---|---|"]
     cells: dict[tuple, list[dict]] = {}
     for r in runs:
         cells.setdefault((r["arm"], r.get("d_model", -1)), []).append(r)
     for (a, w), rs in sorted(cells.items(), key=lambda kv: (kv[0][0] != b, kv[0])):
-        v = lambda k: [r[k] for r in rs if isinstance(r.get(k), (int, float))]  # noqa: E731
+        v = lambda k: [r[k] for r in rs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]  # noqa: E731
         mean = lambda xs: f"{np.mean(xs):.3g}" if xs else "–"  # noqa: E731
-        loss = v("val_loss")
-        gaps = [r["val_loss"] - r["train_loss"] for r in rs if {"val_loss", "train_loss"} <= r.keys()]
+        loss = v("_loss")
+        gaps = [r["val_loss"] - r["train_loss_eval"] for r in rs
+                if isinstance(r.get("train_loss_eval"), float) and isinstance(r.get("val_loss"), float)]
         ls = (f"{np.mean(loss):.4f}" + (f" ± {np.std(loss, ddof=1):.4f}" if len(loss) > 1 else "")) if loss else "–"
-        flags = "; ".join(sorted({r["_flag"] for r in rs if r["_flag"]}))
-        lines.append(f"| {a} | {w} | {len(rs)} | {ls} | {mean(v('epochs'))} | {mean(v('tokens_per_param'))} | "
-                     f"{mean(gaps)} | {flags or '–'} | {sum(r['_fit'] for r in rs)}/{len(rs)} |")
+        why = "; ".join(sorted({r["_why"] for r in rs if r["_why"]}))
+        last = v("val_loss")
+        lines.append(f"| {a} | {w} | {len(rs)} | {ls} | {f'{np.mean(last):.4f}' if last else '–'} | "
+                     f"{mean(v('epochs'))} | {mean(v('tokens_per_param'))} | {mean(gaps)} | {why or '–'} |")
     lines += glance(res, cells)
-    lines += ["", "## Fit: L = A_arm · m^-α + E", "",
-              f"Residuals in loss space (nats): the model is linear in (A, E) there, which variable projection "
-              f"needs, and seed noise is additive in nats. {'Shared α' if f['shared_alpha'] else 'α per arm'}, "
-              f"{'E fixed at 0' if f['fix_E'] else 'shared E ≥ 0'}, A ≥ 0. {pct} percentile CIs from "
-              f"{f['n_ok']}/{f['n_boot']} bootstrap refits ({f['bootstrap']} resampling). RSS = {f['rss']:.3g}.",
-              "", f"- E = {fmt(f['E'], 4)} nats/token"]
-    if f["shared_alpha"]:
-        lines.append(f"- α = {fmt(f['alpha'])}")
-    if f["not_identified"]:
-        lines.append(f"- **warning**: the fit is not identified ({'; '.join(f['not_identified'])}): the widths do "
-                     "not pin α and E apart, so k, k_N and k_C below extrapolate one of many curves that fit "
-                     "equally well. Trust the interpolated multipliers (next section but one) instead.")
-    lines += ["", "| arm | α | A | k (summary) | k_N (params) | k_N (non-embed) | k_C (FLOPs) |",
-              "|---|---|---|---|---|---|---|"]
-    for a in res["arms"]:
-        lines.append(f"| {a} | {fmt(f['alpha_arm'][a])} | {fmt(f['A'][a])} | {fmt(res['k'][a])} | "
-                     f"{fmt(res['k_N'][a])} | {fmt(res['k_Nne'][a])} | {fmt(res['k_C'][a])} |")
-    lines += ["", "k = m_eq/m: the baseline width that reaches the arm's loss, over the arm's width "
-              "(with shared α, k = (A_base/A_arm)^(1/α)). k_N, k_C invert the baseline's own fits "
-              "L(N) = A_N·N^-a + E_N and L(C) = A_C·C^-a + E_C: baseline params (FLOPs) needed for the arm's loss, "
-              "over the arm's; summaries are geometric means over widths; inf means the arm's loss is below the "
-              "baseline fit's floor.", ""]
-    for name, label in (("N", "params"), ("Nne", "non-embedding params"), ("C", "FLOPs")):
-        p = res[f"fit_{name}"]
-        if p["a"] is not None and math.isfinite(p["a"]):
-            lines.append(f"- baseline L({label}): A = {p['A']:.4g}, a = {p['a']:.3f}, E = {p['E']:.4f}")
-    lines += ["", "### k(m) per width (observed mean loss of the cell)", "",
-              "| arm | m | k(m) | k_N(m) | k_C(m) | Δ loss vs base | Welch t | dof | p |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for a in res["arms"]:
-        for w, km in sorted(res["k_m"][a].items()):
-            t = res["welch"].get(a, {}).get(w)
-            if not t:
-                tt = "– | – | – | –"
-            elif math.isfinite(t["t"]):
-                tt = f"{t['diff']:+.4f} | {t['t']:.2f} | {t['dof']:.1f} | {t['p']:.3g}"
-            else:  # a t-test needs ≥ 2 seeds on both sides
-                tt = f"{t['diff']:+.4f} | – | – | –"
-            lines.append(f"| {a} | {w} | {fmt(km)} | {fmt(res['k_N_m'][a].get(w, _NA))} | "
-                         f"{fmt(res['k_C_m'][a].get(w, _NA))} | {tt} |")
-    lines += ["", "### Interpolated multipliers (no power law)", "",
-              "m_eq and C_eq read off the baseline's own measured cells, linear in log x between the two that "
-              "bracket the arm's loss (baseline made monotone first). `> x` / `< x`: the arm's loss lies outside "
-              "the baseline's measured range, so only a bound is known; wider baselines would turn it into a "
-              "number. CIs from the same bootstrap, shown when ≥ 95 % of draws stayed in range.", "",
-              "| arm | m | k_int(m) (width) | k_int,C(m) (FLOPs) |", "|---|---|---|---|"]
-    for a in res["arms"]:
-        for w, v in sorted(res["interpolated"].get(a, {}).items()):
-            lines.append(f"| {a} | {w} | {fmt_int(v['m'])} | {fmt_int(v['C'])} |")
-    lines += ["", "## Overlap: mean cos² of normalised rows vs m", ""]
-    if not res["overlap_slope"]:
-        lines.append("No `geom_*_mean_cos2` columns in these runs.")
-    for mat, fits in res["overlap_slope"].items():
-        for a, s in fits.items():
-            lines.append(f"- {mat}, {a}: slope of log mean cos² vs log m = {s['slope']:.3f} "
-                         f"[{s['lo']:.3f}, {s['hi']:.3f}] (1/m guide: −1; random isotropic rows give exactly 1/m)")
-    lines += ["", "## Verdict (equal FLOPs; 'beats the curve' needs k_C > 1 with its CI above 1)", ""]
-    lines += [f"- **{a}**: {v}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
+    lines += _curve(res, c, pct)
+    lines += _multipliers(res, pct)
+    lines += _overlap(res)
+    lines += ["", "## Verdict", "",
+              "Per arm, at equal parameters (k_N) and at equal training FLOPs (k_C): *beats* / *loses to* when the "
+              "summary multiplier differs from 1 with a Holm-adjusted bootstrap p < 0.05 over the arms, else "
+              "*matches* (no detectable difference). Only given when the baseline's curve passes its checks.", ""]
+    lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     return "\n".join(lines) + "\n"
+
+
+def _curve(res: dict, c: dict, pct: str) -> list[str]:
+    lof, conv = c["lack_of_fit"], c["convergence"]
+    out = ["", "## The baseline's width curve: L = A · m^-α + E", "",
+           f"Fitted to the baseline's {c['n_widths']} cell means ({c['n_runs']} runs, weights = seeds) by variable "
+           f"projection; {pct} profile-likelihood intervals with the noise variance from the {c['noise']}.", "",
+           f"- {_bound(c['alpha'], 'α')}" + (f" (half-width {(c['alpha']['hi'] - c['alpha']['lo']) / 2:.3f})"
+                                             if math.isfinite(c['alpha']['lo']) else ""),
+           f"- {_bound(c['E'], 'E', 4)} nats/token; A = {c['A']:.4g}"]
+    if math.isfinite(lof["p"]):
+        out.append(f"- lack of fit: χ²/dof = {lof['chi2_dof']:.2f} (cell means about the curve in units of the seed "
+                   f"variance; F on ({lof['dof']}, {lof['nu']}) dof), p = {lof['p']:.3g}"
+                   + (" — **the power law does not fit these cell means to within seed noise**" if lof["p"] < 0.05
+                      else ""))
+    else:
+        out.append("- lack of fit: not testable (needs seeds in the baseline's cells and more widths than 3)")
+    if conv["checked"]:
+        out.append(f"- convergence: refitted on the losses at 60 % of training, α = {conv['alpha']:.3f}, E = "
+                   f"{conv['E']:.3f} ({'inside' if conv['inside'] else '**outside**'} α's interval)")
+    else:
+        out.append("- convergence: not checked (the runs carry no validation history)")
+    if c["not_identified"] or c["fails"]:
+        out.append(f"- **warning**: the curve does not pass its checks ({'; '.join(c['not_identified'] + c['fails'])}). "
+                   "Multipliers below still compare each arm with the baseline measured at the same width, but "
+                   "their conversion into widths, params and FLOPs rests on a curve the data do not support; read "
+                   "the measured-point multipliers and the Δ-loss tests instead.")
+    for name, label in (("N", "params"), ("Nne", "non-embedding params"), ("C", "FLOPs")):
+        p = res["fits"][name]
+        if p["alpha"] is not None and math.isfinite(p["alpha"]):
+            out.append(f"- baseline L({label}) = {p['A']:.4g}·x^-{p['alpha']:.3f} + {p['E']:.4f}")
+    j = res["joint"]
+    if len(res["arms"]) > 1:
+        ks = ", ".join(f"{a} {k:.3g}" for a, k in j["k_parallel"].items() if a != res["baseline"] and k == k)
+        out += ["", f"Joint fit of every arm ({'shared α' if j['shared_alpha'] else 'α per arm'}, shared E = "
+                f"{j['E']:.4f}; dashed in the plot): " + (f"parallel-curve multipliers (A_base/A_arm)^(1/α): {ks}."
+                                                          if ks else "α differs per arm.")]
+    out += ["", "Noise per arm (the source of its bootstrap draws): " + "; ".join(
+        f"{a}: {n['kind']}" + (f" (sd {n['sd']:.4f}, {n['dof']} dof)" if n['kind'] != 'none' else "")
+        for a, n in res["noise"].items()) + "."]
+    return out
+
+
+def _multipliers(res: dict, pct: str) -> list[str]:
+    b = res["baseline"]
+    out = ["", "## Multipliers", "",
+           f"Per width: Δ = arm − baseline loss at the same width (paired by seed where the arm has a seed-paired "
+           f"noise source), converted along the baseline's fitted curves into the baseline width (k = m_eq/m), params "
+           f"(k_N = N_eq/N_arm) and FLOPs (k_C = C_eq/C_arm) that would reach the arm's loss. The baseline against "
+           f"itself is 1 by construction. Summaries are geometric means over the arm's widths. {pct} percentile "
+           f"intervals from {res['n_ok']}/{res['n_boot']} bootstrap draws of the data.", "",
+           "| arm | k (width) | k_N (params) | k_N (non-embed) | k_C (FLOPs) |", "|---|---|---|---|---|"]
+    for a in res["arms"]:
+        out.append(f"| {a} | {fmt(res['k'][a])} | {fmt(res['k_N'][a])} | {fmt(res['k_Nne'][a])} | {fmt(res['k_C'][a])} |")
+    out += ["", "### Per width", "",
+            "Δ-loss test: paired t over shared seeds (`paired`), else Welch's t (`welch`); p_holm is adjusted over "
+            "every test in this table. With 1–2 dof a t interval is very wide: such p-values are marked †.", "",
+            "| arm | m | k(m) | k_N(m) | k_C(m) | Δ loss | test | n | dof | p | p_holm |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in res["arms"]:
+        if a == b:
+            continue
+        for w, km in sorted(res["k_m"][a].items()):
+            t = res["tests"].get(a, {}).get(w)
+            if not t:
+                tt = "– | – | – | – | – | –"
+            elif t["kind"] and math.isfinite(t["p"]):
+                dag = "†" if t["dof"] < 3 else ""
+                tt = (f"{t['diff']:+.4f} | {t['kind']} | {t['n']} | {t['dof']:.3g} | {t['p']:.3g}{dag} | "
+                      f"{t['p_holm']:.3g}{dag}")
+            else:  # a t-test needs ≥ 2 seeds (paired, or on both sides)
+                tt = f"{t['diff']:+.4f} | – | {t['n']} | – | – | –"
+            out.append(f"| {a} | {w} | {fmt(km)} | {fmt(res['k_N_m'][a].get(w, _NA))} | "
+                       f"{fmt(res['k_C_m'][a].get(w, _NA))} | {tt} |")
+    out += ["", "### Measured-point multipliers (no power law)", "",
+            "m_eq and C_eq read off the baseline's own measured cells: log x interpolated as a function of loss by a "
+            "monotone cubic (PCHIP) through the cells that bracket the arm's loss (baseline made monotone first). "
+            "`> x` / `< x`: the arm's loss lies outside the baseline's measured range, so only a bound is known. "
+            "CIs from the same bootstrap, shown when ≥ 95 % of draws stayed in range.", "",
+            "| arm | m | k_int(m) (width) | k_int,C(m) (FLOPs) |", "|---|---|---|---|"]
+    for a in res["arms"]:
+        for w, v in sorted(res["interpolated"].get(a, {}).items()):
+            out.append(f"| {a} | {w} | {fmt_int(v['m'])} | {fmt_int(v['C'])} |")
+    return out
+
+
+def _overlap(res: dict) -> list[str]:
+    out = ["", "## Overlap vs width", "",
+           "Slope of log(statistic) on log m over the cell means (one point per width), OLS with a t interval on "
+           "n − 2 dof. `mean_cos2`: mean cos² of the normalised rows (the paper's statistic; random isotropic rows "
+           "give 1/m, slope −1). `mean_cos2_centred`: the same after subtracting the mean row, i.e. without the "
+           "shared direction (\"cone\") that dominates trained heads.", ""]
+    if not res["overlap_slope"]:
+        out.append("No `geom_*_mean_cos2` columns in these runs.")
+    for key, fits in res["overlap_slope"].items():
+        for a, s in fits.items():
+            ci = f"[{s['lo']:.3f}, {s['hi']:.3f}]" if math.isfinite(s["lo"]) else "(no interval with 2 widths)"
+            out.append(f"- {key}, {a}: slope {s['slope']:.3f} {ci}, n = {s['n']}")
+    return out
 
 
 def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
@@ -120,10 +180,11 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
         return []
     ws = " / ".join(str(w) for w in widths)
     out = ["", "## Arms at a glance", "",
-           f"At m = {ws}: Δ = arm − baseline validation loss (nats/token), params and FLOPs/token as ratios to the "
-           f"baseline's, k_int(m) = the measured-point width multiplier (next sections); head mean cos² as a ratio "
-           f"to the baseline's at m = {widths[0]}.", "",
-           "| arm | Δ loss | params × | FLOPs/token × | head mean cos² × | k_int(m) |", "|---|---|---|---|---|---|"]
+           f"At m = {ws}: Δ = arm − baseline fitted loss (nats/token), params and FLOPs/token as ratios to the "
+           f"baseline's, k_int(m) = the measured-point width multiplier (below); head mean cos² (raw / centred) as "
+           f"a ratio to the baseline's at m = {widths[0]}.", "",
+           "| arm | Δ loss | params × | FLOPs/token × | head mean cos² × (raw / centred) | k_int(m) |",
+           "|---|---|---|---|---|---|"]
 
     def ratio(a, w, k) -> str:
         x = mean(a, w, k) / mean(b, w, k)
@@ -133,10 +194,10 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
         return " / ".join(ratio(a, w, k) for w in widths)
 
     for a in arms:
-        delta = [mean(a, w, "val_loss") - mean(b, w, "val_loss") for w in widths]
+        delta = [mean(a, w, "_loss") - mean(b, w, "_loss") for w in widths]
         d = " / ".join(f"{x:+.3f}" if math.isfinite(x) else "–" for x in delta)
         k = " / ".join(fmt_int(res["interpolated"][a][w]["m"]) if w in res["interpolated"].get(a, {}) else "–"
                        for w in widths)
-        out.append(f"| {a} | {d} | {per_width(a, 'params')} | {per_width(a, 'flops_per_token')} | "
-                   f"{ratio(a, widths[0], 'geom_unembed_mean_cos2')} | {k} |")
+        head = f"{ratio(a, widths[0], 'geom_unembed_mean_cos2')} / {ratio(a, widths[0], 'geom_unembed_mean_cos2_centred')}"
+        out.append(f"| {a} | {d} | {per_width(a, 'params')} | {per_width(a, 'flops_per_token')} | {head} | {k} |")
     return out

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import imsave
 from matplotlib.ticker import FormatStrFormatter
 
-from widthlab.scaling.fit import ScalingBootstrap
+from widthlab.scaling.fit import ScalingFit
+from widthlab.scaling.inference import Bootstrap
 
 _MARKERS = "osD^v<>p*hX"  # 11, so markers and the 10 colours do not repeat together
 
@@ -42,31 +43,37 @@ def _style(i: int) -> dict:
     return {"color": color, "marker": _MARKERS[i % len(_MARKERS)]}
 
 
-def loss_vs_width(m: np.ndarray, L: np.ndarray, arm: np.ndarray, boot: ScalingBootstrap, ci: float) -> Figure:
-    """Runs (small), cell means (large), fitted L(m) per arm and its bootstrap band; log-log axes."""
+def loss_vs_width(m: np.ndarray, L: np.ndarray, arm: np.ndarray, boot: Bootstrap, joint: ScalingFit, ci: float,
+                  loss: str = "val loss") -> Figure:
+    """Runs (small), cell means (large), the baseline's fitted L(m) with its bootstrap band, and the other arms'
+    curves from the joint fit (A per arm); log-log axes."""
     fig = _figure()
     ax = fig.add_subplot()
     grid = np.geomspace(m.min() / 1.2, m.max() * 1.2, 100)
-    for i, a in enumerate(boot.fit.arms):
+    for i, a in enumerate(joint.arms):
         s, sel = _style(i), arm == a
         ax.scatter(m[sel], L[sel], s=10, alpha=0.35, color=s["color"], marker=s["marker"])
         ws = np.unique(m[sel])
         ax.scatter(ws, [L[sel][m[sel] == w].mean() for w in ws], s=40, color=s["color"], marker=s["marker"],
-                   label=f"{a} (α={boot.fit.alpha[a]:.2f})")
-        ax.plot(grid, boot.fit.predict(grid, a), color=s["color"], lw=1.5)
-        A, al, E = boot.samples[f"A/{a}"], boot.samples[f"alpha/{a}"], boot.samples["E"]
-        ok = np.isfinite(A) & np.isfinite(al) & np.isfinite(E)
-        if ok.sum() >= 10:
-            curves = A[ok, None] * grid[None, :] ** -al[ok, None] + E[ok, None]
-            q = (1 - ci) / 2
-            ax.fill_between(grid, *np.quantile(curves, [q, 1 - q], axis=0), color=s["color"], alpha=0.15, lw=0)
+                   label=a if a != joint.baseline else f"{a} (α={boot.est['alpha']:.2f})")
+        if a == joint.baseline:
+            ax.plot(grid, boot.est["A"] * grid ** -boot.est["alpha"] + boot.est["E"], color=s["color"], lw=1.5)
+            A, al, E = boot.samples["A"], boot.samples["alpha"], boot.samples["E"]
+            ok = np.isfinite(A) & np.isfinite(al) & np.isfinite(E)
+            if ok.sum() >= 10:
+                curves = A[ok, None] * grid[None, :] ** -al[ok, None] + E[ok, None]
+                q = (1 - ci) / 2
+                ax.fill_between(grid, *np.quantile(curves, [q, 1 - q], axis=0), color=s["color"], alpha=0.15, lw=0)
+        else:
+            ax.plot(grid, joint.predict(grid, a), color=s["color"], lw=1, ls="--")
     lo, hi = np.nanmin(L), np.nanmax(L)
-    if boot.fit.E > 0.5 * lo:  # draw the floor only when it is on the data's scale (E = 0 would squash the plot)
-        ax.axhline(boot.fit.E, color="0.5", ls=":", lw=1, label=f"E = {boot.fit.E:.3f}")
-    ax.set(xscale="log", yscale="log", xlabel="width m (d_model)", ylabel="val loss (nats/token)",
-           title=f"L = A·m^-α + E (E = {boot.fit.E:.3g}), {ci:.0%} bootstrap band")
+    E = boot.est["E"]
+    if E > 0.5 * lo:  # draw the floor only when it is on the data's scale (E = 0 would squash the plot)
+        ax.axhline(E, color="0.5", ls=":", lw=1, label=f"E = {E:.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="width m (d_model)", ylabel=f"{loss} (nats/token)",
+           title=f"baseline L = A·m^-α + E, {ci:.0%} band; other arms: joint fit (dashed)")
     pad = max((hi - lo) * 0.15, 0.01 * hi)
-    ax.set_ylim(max(lo - pad, min(boot.fit.E, lo) * 0.98 if boot.fit.E > 0.5 * lo else lo - pad), hi + pad)
+    ax.set_ylim(max(lo - pad, min(E, lo) * 0.98 if E > 0.5 * lo else lo - pad), hi + pad)
     _plain_y(ax)
     ax.legend(fontsize=8)
     return fig
@@ -80,7 +87,7 @@ def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, 
     for i, a in enumerate(list(fits) + sorted(set(arm) - set(fits))):  # fits: baseline first, as elsewhere
         s, sel = _style(i), (arm == a) & np.isfinite(y)
         f = fits.get(a)
-        label = a if f is None else f"{a} (slope {f.slope:.2f} [{f.ci[0]:.2f}, {f.ci[1]:.2f}])"
+        label = a if f is None else f"{a} (slope {f.slope:.2f} [{f.ci[0]:.2f}, {f.ci[1]:.2f}], n={f.n})"
         ax.scatter(m[sel], y[sel], s=18, color=s["color"], marker=s["marker"], label=label)
         if f is not None:
             ax.plot(grid, np.exp(f.intercept) * grid ** f.slope, color=s["color"], lw=1)
@@ -93,31 +100,31 @@ def overlap_vs_width(m: np.ndarray, y: np.ndarray, arm: np.ndarray, fits: dict, 
     return fig
 
 
-def multiplier(boot: ScalingBootstrap, key: str = "k_m") -> Figure:
-    """Pointwise k(m) per arm with CI error bars; the summary k as a horizontal line; 1 = no gain.
-    key="k_int": the measured-point multipliers instead (no summary line; points outside the baseline's range
-    are missing)."""
+def multiplier(boot: Bootstrap, arms: list[str], baseline: str, key: str = "k_m") -> Figure:
+    """Per-width k(m) per arm with CI error bars; the summary k (geometric mean over widths) as a horizontal
+    line; 1 = no gain. key="k_int": the measured-point multipliers instead (no summary line; points outside the
+    baseline's range are missing)."""
     fig = _figure()
     ax = fig.add_subplot()
-    for i, a in enumerate(boot.fit.arms):
-        if a == boot.fit.baseline:
+    for i, a in enumerate(arms):
+        if a == baseline:
             continue
         s = _style(i)
         keys = sorted((int(k.rsplit("/", 1)[1]), k) for k in boot.est if k.startswith(f"{key}/{a}/"))
         keys = [(w, k_) for w, k_ in keys if np.isfinite(boot.est[k_])]
-        ws = np.array([w for w, _ in keys], float) * 1.02 ** (i - len(boot.fit.arms) / 2)  # arms side by side
-        k = np.array([boot.est[key] for _, key in keys])
-        lo = np.array([boot.ci[key][0] for _, key in keys])
-        hi = np.array([boot.ci[key][1] for _, key in keys])
+        ws = np.array([w for w, _ in keys], float) * 1.02 ** (i - len(arms) / 2)  # arms side by side
+        k = np.array([boot.est[k_] for _, k_ in keys])
+        lo = np.array([boot.ci[k_][0] for _, k_ in keys])
+        hi = np.array([boot.ci[k_][1] for _, k_ in keys])
         with np.errstate(invalid="ignore"):
             err = np.nan_to_num(np.vstack([k - lo, hi - k]), nan=0.0, posinf=0.0).clip(min=0)
-        fitted = key == "k_m"
+        summary = key == "k_m"
         ax.errorbar(ws, k, yerr=err, color=s["color"], marker=s["marker"], capsize=3, ls="none",
-                    label=f"{a}: k = {boot.est[f'k/{a}']:.3f}" if fitted else a)
-        if fitted:
+                    label=f"{a}: k = {boot.est[f'k/{a}']:.3f}" if summary else a)
+        if summary and np.isfinite(boot.est[f"k/{a}"]):
             ax.axhline(boot.est[f"k/{a}"], color=s["color"], lw=1, alpha=0.6)
     ax.axhline(1.0, color="k", ls="--", lw=1)
-    ax.set(xscale="log", xlabel="width m", ylabel="k(m) = m_eq / m",
+    ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="k(m) = m_eq / m",
            title="effective-width multiplier" + ("" if key == "k_m" else " (measured baseline points)"))
     ax.legend(fontsize=8)
     return fig

@@ -1,12 +1,12 @@
-"""`python -m train compare runs/<sweep>`: fit L(m) across arms, express each arm as a width/params/FLOPs
-multiplier with bootstrap CIs, and write report.md, PNG plots, compare.json and TensorBoard images.
+"""`python -m train compare runs/<sweep>`: the baseline's width curve with profile intervals and a lack-of-fit
+test, each arm's width/params/FLOPs multipliers with bootstrap intervals, paired tests between arms with Holm's
+correction, and a verdict per arm; writes report.md, PNG plots, compare.json and TensorBoard images.
 
-Reads (never writes) the sweep's results.csv or runs' metrics.json, plus their TensorBoard event files for
-curves and for metrics a summary lacks. The math lives in fit.py; this file is loading, checks and text.
+Reads (never writes) the sweep's results.csv or runs' metrics.json (scaling/runs.py). The math lives in fit.py
+and inference.py, the text in markdown.py; docs/statistics.md explains every choice.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -16,131 +16,42 @@ from pathlib import Path
 import numpy as np
 
 from widthlab import WidthlabError
-from widthlab.scaling import events, plots
-from widthlab.scaling.fit import (ScalingBootstrap, bootstrap_scaling, fit_loglog, interpolated_equivalent,
-                                  welch_t)
-from widthlab.scaling.markdown import fmt, interp_line, markdown
+from widthlab.scaling import plots
+from widthlab.scaling.fit import fit_curve, fit_loglog, fit_scaling, lack_of_fit, profile_ci, pure_error
+from widthlab.scaling.inference import Design, boot_p, bootstrap, compare_cell, holm
+from widthlab.scaling.markdown import interp_line, markdown
+from widthlab.scaling.runs import check_recipe, flag_limited, load_runs, loss_at_fraction, sweep_defaults
 
-RECIPE_KEYS = ("data_source", "vocab_size", "n_layer", "seq_len")  # must agree for runs to share one curve
-STR_COLS = {"arm", "run_dir", "data_source"}
-INT_COLS = {"d_model", "seed", "vocab_size", "n_layer", "seq_len", "params", "params_nonembed", "tokens"}
-OVERLAP_MATRICES = ("unembed", "embed")
+OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
 CI = 0.95
+MAX_ALPHA_CI_RATIO = 3.0   # hi/lo of α's interval above this: the widths do not pin α (and so E)
+LOF_P = 0.05               # lack-of-fit p below this: the power law does not describe the cell means
+CONVERGENCE_FRAC = 0.6     # α refit on the losses at this fraction of training
 
-
-# ---------------------------------------------------------------------------------------------- loading
-
-def _coerce(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        if v is None or (isinstance(v, str) and v.strip() == ""):
-            continue  # missing: absent key, never ""
-        if k in STR_COLS or not isinstance(v, (str, int, float)):
-            out[k] = v
-            continue
-        try:
-            x = float(v)
-        except ValueError:
-            out[k] = v
-            continue
-        out[k] = int(x) if k in INT_COLS and math.isfinite(x) and x.is_integer() else x
-    return out
-
-
-def _run_dir(row: dict, sweep: Path) -> Path | None:
-    """results.csv's run_dir may be absolute, relative to where the sweep ran, or to the sweep dir."""
-    cands = []
-    if "run_dir" in row:
-        p = Path(str(row["run_dir"]))
-        cands += [p] if p.is_absolute() else [Path.cwd() / p, sweep / p, sweep.parent / p, sweep / p.name]
-    if {"arm", "d_model", "seed"} <= row.keys():
-        cands.append(sweep / str(row["arm"]) / f"d{row['d_model']}" / f"s{row['seed']}")
-    return next((c.resolve() for c in cands if c.is_dir()), None)
-
-
-def load_runs(paths: list[str]) -> list[dict]:
-    """One dict per run from sweep dirs (results.csv), run dirs (metrics.json), or dirs holding run dirs.
-    Adds `_dir` (resolved run dir or None) and `_scalars` (event-file scalars); fills missing metrics from
-    the event files and `flops` from flops_per_token·tokens. A run seen twice is kept once (see below)."""
-    found: dict[object, dict] = {}
-    for p in map(Path, paths):
-        if (p / "results.csv").is_file():
-            with open(p / "results.csv", newline="") as f:
-                rows = [(_coerce(r), p) for r in csv.DictReader(f)]
-            rows = [(r, _run_dir(r, p)) for r, _ in rows]
-        elif p.is_dir():
-            files = [p / "metrics.json"] if (p / "metrics.json").is_file() else sorted(p.rglob("metrics.json"))
-            rows = [(_coerce(json.loads(f.read_text())), f.parent.resolve()) for f in files
-                    if "tb_compare" not in f.parts]
-        else:
-            continue
-        for r, d in rows:
-            r.setdefault("arm", "baseline")  # a plain `fit` run is its own baseline
-            r["_dir"] = d
-            # One configuration (arm, width, seed) is one run: runs are deterministic, so the same one listed
-            # by two sources (a sweep dir and an archived results.csv) has the same loss and is kept once, with
-            # its run dir if either has one; two different losses mean two different experiments.
-            key = (r["arm"], r.get("d_model"), r.get("seed", 0))
-            old = found.get(key)
-            if old is not None and old["_dir"] != d and old.get("val_loss") != r.get("val_loss"):
-                raise WidthlabError(f"two different runs of arm {key[0]!r} at d_model={key[1]}, seed {key[2]} "
-                                    f"(val_loss {old.get('val_loss')} vs {r.get('val_loss')}; second from {p}): "
-                                    "compare one sweep's runs, or rename an arm")
-            if old is None or old["_dir"] is None:
-                found[key] = r
-    runs = list(found.values())
-    for r in runs:
-        r["_scalars"] = events.read_scalars(r["_dir"]) if r["_dir"] is not None else {}
-        for k, v in events.summary_from_scalars(r["_scalars"]).items():
-            r.setdefault(k, v)
-        if "flops" not in r and {"flops_per_token", "tokens"} <= r.keys():
-            r["flops"] = r["flops_per_token"] * r["tokens"]
-    return runs
-
-
-def check_recipe(runs: list[dict]) -> None:
-    for k in RECIPE_KEYS:
-        vals = sorted({str(r[k]) for r in runs if k in r})
-        if len(vals) > 1:
-            raise WidthlabError(f"runs mix {k} values {vals}: compare runs of one recipe at a time "
-                                f"(pass only the sweep/run dirs that share {k})")
-
-
-def flag_limited(r: dict, max_gap: float, max_epochs: float) -> str:
-    """'' or why a run looks data-limited rather than width-limited (the fit assumes the latter)."""
-    why = []
-    if "val_loss" in r and "train_loss" in r and r["val_loss"] - r["train_loss"] > max_gap:
-        why.append(f"gap {r['val_loss'] - r['train_loss']:.3f}>{max_gap:g}")
-    if "epochs" in r and r["epochs"] > max_epochs:
-        why.append(f"epochs {r['epochs']:.3g}>{max_epochs:g}")
-    return ", ".join(why)
-
-
-# ---------------------------------------------------------------------------------------------- compare
 
 def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bool = True, n_boot: int = 1000,
             out: str | None = None, min_width: int | None = None, seed: int = 0, include_limited: bool = False,
-            max_gap: float = 0.1, max_epochs: float = 16.0, fix_E: bool = False) -> dict:
-    """Fit L(m) = A_arm·m^-α + E over a width sweep and report each arm's width/params/FLOPs multipliers.
+            max_gap: float = 0.1, max_epochs: float = 16.0, loss: str = "auto") -> dict:
+    """Fit the baseline's L(m) = A·m^-α + E over a width sweep and measure every arm against it.
 
     Args:
-        paths: A sweep dir (with results.csv), run dirs (with metrics.json), or a list of them
+        paths: A sweep dir (with results.csv), a results.csv, run dirs (with metrics.json), or a list of them
             (`"[runs/a, runs/b]"`); all must share one recipe (data_source, vocab_size, n_layer, seq_len).
         baseline: The arm every other arm is measured against.
-        shared_alpha: Share the exponent α across arms (default); false fits one α per arm.
-        n_boot: Bootstrap resamples (runs resampled within each arm × width cell) for the CIs.
+        shared_alpha: In the joint fit of all arms (drawn in the plot, A per arm), share the exponent α
+            (default) or fit one per arm. The baseline's own curve is always fitted alone.
+        n_boot: Bootstrap draws (seed noise resampled per arm, see docs/statistics.md) for the multipliers' CIs.
         out: Directory for report.md, PNGs, compare.json and tb_compare/ (default: the first path).
         min_width: Leave widths below this out of every fit (small widths often sit off the power law).
         seed: Seed of the bootstrap resampling.
         include_limited: Also fit runs flagged as data-limited (excluded by default).
-        max_gap: A run is data-limited if val_loss − train_loss exceeds this (nats/token).
-        max_epochs: ... or if it took more than this many passes over the data (repeated tokens beyond
-            ~16 epochs add little, Muennighoff et al. 2023).
-        fix_E: Fix the irreducible loss E at 0 instead of fitting it.
+        max_gap: A run is data-limited if val_loss − train_loss_eval exceeds this (nats/token).
+        max_epochs: ... or if it took more than this many passes over the data.
+        loss: Which loss to fit: val_loss_best (lowest validation), val_loss (last validation), or auto
+            (the sweep recipe's choice in sweep.json, else val_loss_best where every run has it, else val_loss).
 
     Returns:
-        The key numbers (also written to compare.json): α, E, A per arm, k, k(m), k_N, k_C with CIs,
-        overlap slopes, per-width Welch tests, verdicts.
+        The key numbers (also written to compare.json).
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
     runs = load_runs(paths)
@@ -148,48 +59,63 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
         raise WidthlabError(f"no runs found in {paths}: pass a sweep dir with results.csv or run dirs "
                             "with metrics.json")
     check_recipe(runs)
+    defaults = sweep_defaults(paths)
+    loss = _loss_column(runs, defaults.get("loss", "auto") if loss == "auto" else loss)
+    min_width = defaults.get("min_width") if min_width is None else min_width
     arms = sorted({r["arm"] for r in runs})
     if baseline not in arms:
         raise WidthlabError(f"baseline arm {baseline!r} not found (arms: {arms}): pass --baseline <arm>")
     for r in runs:
         r["_flag"] = flag_limited(r, max_gap, max_epochs)
-        r["_fit"] = ("d_model" in r and isinstance(r.get("val_loss"), float) and math.isfinite(r["val_loss"])
-                     and (min_width is None or r["d_model"] >= min_width) and (include_limited or not r["_flag"]))
+        r["_loss"] = r.get(loss)
+        why = ("diverged" + (f" at step {r['diverged_step']}" if r.get("diverged_step") is not None else "")
+               if r.get("status") == "diverged" else
+               f"no finite {loss}" if not (isinstance(r["_loss"], float) and math.isfinite(r["_loss"])) else
+               f"d_model < min_width {min_width}" if min_width is not None and r["d_model"] < min_width else
+               r["_flag"] if r["_flag"] and not include_limited else "")
+        r["_fit"], r["_why"] = not why, why
     fit_runs = [r for r in runs if r["_fit"]]
     widths = {a: sorted({r["d_model"] for r in fit_runs if r["arm"] == a}) for a in arms}
-    need = [baseline] + ([] if shared_alpha else [a for a in arms if widths[a]])
-    for a in need:
-        if len(widths[a]) < 3:
-            n_lim = sum(bool(r["_flag"]) for r in runs if r["arm"] == a)
-            raise WidthlabError(
-                f"arm {a!r} has {len(widths[a])} usable widths {widths[a]} (< 3 needed for a fit; {n_lim} of its "
-                "runs flagged data-limited): add widths, lower --min_width, or pass --include_limited true")
+    if len(widths[baseline]) < 3:
+        n_lim = sum(bool(r["_flag"]) for r in runs if r["arm"] == baseline)
+        raise WidthlabError(
+            f"arm {baseline!r} has {len(widths[baseline])} usable widths {widths[baseline]} (< 3 needed for a fit; "
+            f"{n_lim} of its runs flagged data-limited): add widths, lower --min_width, or pass --include_limited true")
     fit_runs = [r for r in fit_runs if widths[r["arm"]]]
+    col = lambda k: np.array([r.get(k, np.nan) if isinstance(r.get(k), (int, float)) else np.nan  # noqa: E731
+                              for r in fit_runs], dtype=float)
+    m, L, arm = col("d_model"), col("_loss"), np.array([r["arm"] for r in fit_runs], dtype=object)
+    seeds = np.array([r.get("seed", 0) for r in fit_runs])
+    costs = {"N": col("params"), "Nne": col("params_nonembed"), "C": col("flops")}
+    skipped = [f"k_{k} ({c} missing)" for k, c in (("N", "params"), ("Nne", "params_nonembed"), ("C", "flops"))
+               if np.isnan(costs[k][arm == baseline]).any()]
+    costs = {k: v for k, v in costs.items() if not np.isnan(v[arm == baseline]).any()}
+    d = Design.from_rows(m, L, arm, seeds, baseline, costs)
+    boot = bootstrap(d, n_boot=n_boot, ci=CI, seed=seed)
+    curve = _curve_checks(d, fit_runs, loss)
+    joint = fit_scaling(m, L, arm, baseline, shared_alpha)
 
-    col = lambda k: np.array([r.get(k, np.nan) for r in fit_runs], dtype=float)  # noqa: E731
-    m, L, arm = col("d_model"), col("val_loss"), np.array([r["arm"] for r in fit_runs], dtype=object)
-    boot = bootstrap_scaling(m, L, arm, baseline, shared_alpha, fix_E, N=col("params"),
-                             N_nonembed=col("params_nonembed"), C=col("flops"), n_boot=n_boot, ci=CI, seed=seed)
     overlap = {}
-    for mat in OVERLAP_MATRICES:
-        y = col(f"geom_{mat}_mean_cos2")
-        for a in boot.fit.arms:
-            sel = (arm == a) & np.isfinite(y) & (y > 0)
-            if len(np.unique(m[sel])) >= 2:
-                overlap.setdefault(mat, {})[a] = fit_loglog(m[sel], y[sel], n_boot=n_boot, seed=seed, ci=CI)
-    welch = {a: {int(w): welch_t(L[(arm == a) & (m == w)], L[(arm == baseline) & (m == w)])
-                 for w in sorted(set(m[arm == a]) & set(m[arm == baseline]))}
-             for a in boot.fit.arms if a != baseline}
+    for mat, stat in OVERLAP:
+        y = col(f"geom_{mat}_{stat}")
+        for a in d.arms:
+            ws = [w for w in widths[a] if np.isfinite(y[(arm == a) & (m == w)]).any()]
+            if len(ws) >= 2:  # cell means: seeds of one width are not independent widths
+                ys = [np.nanmean(y[(arm == a) & (m == w)]) for w in ws]
+                overlap.setdefault(f"{mat}/{stat}", {})[a] = fit_loglog(ws, ys, ci=CI)
+    tests = _tests(d)
 
-    out_dir = Path(out) if out is not None else Path(paths[0])
+    out_dir = Path(out) if out is not None else Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    figs = {"loss_vs_width": plots.loss_vs_width(m, L, arm, boot, CI), "multiplier": plots.multiplier(boot),
-            "multiplier_measured": plots.multiplier(boot, key="k_int")}
-    for mat, fits in overlap.items():
-        name = "overlap_vs_width" if mat == next(iter(overlap)) else f"overlap_vs_width_{mat}"
-        figs[name] = plots.overlap_vs_width(m, col(f"geom_{mat}_mean_cos2"), arm, fits, f"{mat} mean cos²")
-    series = [(r["arm"], r["d_model"], r.get("seed", 0), r["_scalars"]["val/loss"])
-              for r in runs if r.get("_scalars", {}).get("val/loss") and "d_model" in r]
+    figs = {"loss_vs_width": plots.loss_vs_width(m, L, arm, boot, joint, CI, loss),
+            "multiplier": plots.multiplier(boot, d.arms, baseline),
+            "multiplier_measured": plots.multiplier(boot, d.arms, baseline, key="k_int")}
+    for key, fits in overlap.items():
+        mat, stat = key.split("/")
+        name = "overlap_vs_width" + ("" if mat == "unembed" else f"_{mat}") + ("_centred" if "centred" in stat else "")
+        figs[name] = plots.overlap_vs_width(m, col(f"geom_{mat}_{stat}"), arm, fits, f"{mat} {stat}")
+    series = [(r["arm"], r["d_model"], r.get("seed", 0), r["val_history"]) for r in runs
+              if r.get("val_history") and "d_model" in r]
     if series:
         figs["curves"] = plots.curves(series)
     images = {name: plots.render(fig) for name, fig in figs.items()}
@@ -197,105 +123,183 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
         plots.save_png(rgba, out_dir / f"{name}.png")
     plots.log_to_tensorboard(images, out_dir / "tb_compare")
 
-    result = _summary(boot, overlap, welch, runs, n_boot, max_gap, max_epochs, include_limited)
+    result = _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap, max_epochs,
+                      include_limited, skipped)
     result["files"] = sorted(["report.md", "compare.json"] + [f"{n}.png" for n in figs])
     _write_atomic(out_dir / "compare.json", json.dumps(_jsonable(result), indent=2) + "\n")
     _write_atomic(out_dir / "report.md", markdown(result, runs, figs))
-    print(f"compare: wrote {out_dir / 'report.md'}")
+    print(f"compare: wrote {out_dir / 'report.md'} (fitted {loss}; {len(fit_runs)} of {len(runs)} runs)")
+    if skipped:
+        print(f"compare: skipped {', '.join(skipped)}")
     for a, v in result["verdict"].items():
-        print(f"  {a}: {v}")
+        print(f"  {a}: {v['text']}")
     return result
 
 
-# ---------------------------------------------------------------------------------------------- summary/text
-
-def _iv(boot: ScalingBootstrap, key: str) -> dict:
-    lo, hi = boot.ci.get(key, (float("nan"), float("nan")))
-    return {"est": boot.est.get(key, float("nan")), "lo": lo, "hi": hi}
-
-
-def _verdict(kc: dict) -> str:
-    if math.isnan(kc["lo"]):
-        return "no verdict: k_C unavailable (needs flops for ≥ 3 baseline widths)"
-    if kc["lo"] > 1:
-        return f"beats the curve: k_C = {kc['est']:.3g} [{kc['lo']:.3g}, {kc['hi']:.3g}] > 1 at equal FLOPs"
-    if kc["hi"] < 1:
-        return f"below the curve: k_C = {kc['est']:.3g} [{kc['lo']:.3g}, {kc['hi']:.3g}] < 1 at equal FLOPs"
-    return f"no detectable gain at equal FLOPs: k_C = {kc['est']:.3g} [{kc['lo']:.3g}, {kc['hi']:.3g}] spans 1"
+def _loss_column(runs: list[dict], loss: str) -> str:
+    if loss == "auto":
+        return "val_loss_best" if all(isinstance(r.get("val_loss_best"), float) for r in runs) else "val_loss"
+    if loss not in ("val_loss", "val_loss_best"):
+        raise WidthlabError(f"--loss must be val_loss, val_loss_best or auto (got {loss!r})")
+    if not any(loss in r for r in runs):
+        raise WidthlabError(f"no run has a {loss} column; pass --loss val_loss (the last validation)")
+    return loss
 
 
-def _summary(boot, overlap, welch, runs, n_boot, max_gap, max_epochs, include_limited) -> dict:
-    f, b = boot.fit, boot.fit.baseline
-    per_width = lambda prefix, a: {int(k.rsplit("/", 1)[1]): _iv(boot, k) for k in boot.est  # noqa: E731
-                                   if k.startswith(f"{prefix}/{a}/")}
-    res = {
-        "baseline": b, "arms": f.arms, "n_runs": len(runs), "n_fit": f.n,
-        "rule": (f"data-limited if val_loss - train_loss > {max_gap:g} nats or epochs > {max_epochs:g}; "
-                 + ("included in the fit" if include_limited else "excluded from the fit")),
-        "excluded": [{"arm": r["arm"], "d_model": r.get("d_model"), "seed": r.get("seed"),
-                      "reason": r["_flag"] or "width/val_loss"} for r in runs if not r["_fit"]],
-        "fit": {"space": "loss (nats), variable projection + NNLS", "shared_alpha": f.shared_alpha,
-                "fix_E": f.fix_E, "rss": f.rss, "alpha_at_bound": f.at_bound, "bootstrap": boot.method,
-                "n_boot": n_boot, "n_ok": boot.n_ok, "ci": CI,
-                "alpha": _iv(boot, "alpha"), "E": _iv(boot, "E"),
-                "alpha_arm": {a: _iv(boot, f"alpha/{a}") for a in f.arms},
-                "A": {a: _iv(boot, f"A/{a}") for a in f.arms}},
-        "k": {a: _iv(boot, f"k/{a}") for a in f.arms},
-        "k_m": {a: per_width("k_m", a) for a in f.arms},
-        "overlap_slope": {mat: {a: {"slope": v.slope, "lo": v.ci[0], "hi": v.ci[1], "stderr": v.stderr}
-                                for a, v in fits.items()} for mat, fits in overlap.items()},
-        "welch": {a: {w: vars(t) for w, t in ws.items()} for a, ws in welch.items()},
-    }
-    for name in ("N", "Nne", "C"):
-        res[f"fit_{name}"] = {p: boot.est.get(f"fit{name}/{p}") for p in ("A", "a", "E")}
-        res[f"k_{name}"] = {a: _iv(boot, f"k_{name}/{a}") for a in f.arms}
-        res[f"k_{name}_m"] = {a: per_width(f"k_{name}", a) for a in f.arms}
-    res["fit"]["not_identified"] = _unidentified(res["fit"])
-    res["interpolated"] = _interpolated(boot, runs)
-    res["verdict"] = {a: _verdict(res["k_C"][a]) for a in f.arms if a != b}
-    if res["fit"]["not_identified"]:
-        res["verdict"] = {a: f"no curve verdict: the fit is not identified ({'; '.join(res['fit']['not_identified'])}) "
-                             f"and its k_C = {fmt(res['k_C'][a])} extrapolates; measured-point k_C(m): "
-                             f"{interp_line(res['interpolated'][a], 'C')}" for a in res["verdict"]}
+# ---------------------------------------------------------------------------------------------- the curve
+
+def _curve_checks(d: Design, fit_runs: list[dict], loss: str) -> dict:
+    """The baseline's L(m): estimate, profile CIs, lack of fit, identification, and α refit at 60 % of training."""
+    b = d.baseline
+    ws = d.widths(b)
+    y = np.array([d.means()[(b, w)] for w in ws])
+    n = np.array([len(d.cells[(b, w)]) for w in ws], float)
+    c = fit_curve(ws, y, n)
+    ss, nu = pure_error([list(d.cells[(b, w)].values()) for w in ws])
+    if nu >= 2:
+        s2, dof, source = ss / nu, nu, f"seed variance ({nu} dof)"
+    else:
+        s2, dof = (c.rss / (len(ws) - 3), len(ws) - 3) if len(ws) > 3 else (math.nan, 0)
+        source = f"residual mean square ({dof} dof; no seed replicates, so lack of fit cannot be tested)"
+    prof = profile_ci(ws, y, n, s2, dof, CI)
+    lof = lack_of_fit(c.rss, len(ws), 3, ss / nu if nu else math.nan, nu)
+    a, e = prof["alpha"], prof["E"]
+    why = []
+    if a.open_lo or a.open_hi or c.at_bound:
+        why.append("α's interval reaches its search bound")
+    if e.open_lo and c.E <= 1e-9:
+        why.append("E at its bound 0")
+    if a.lo > 0 and a.hi / a.lo > MAX_ALPHA_CI_RATIO:
+        why.append(f"α's CI spans ×{a.hi / a.lo:.1f}")
+    if not math.isfinite(a.lo):
+        why.append("no noise estimate (≤ 3 widths and no seeds)")
+    fails = []
+    if math.isfinite(lof.p) and lof.p < LOF_P:
+        fails.append(f"lack of fit: χ²/dof = {lof.chi2_dof:.2f} on ({lof.dof}, {lof.nu}) dof, p = {lof.p:.2g}")
+    # Convergence: the same fit on the losses at 60 % of training. If α moves outside its interval, the curve is
+    # still changing shape and the final α reflects where training stopped, not the width limit.
+    early = {}
+    for r in fit_runs:
+        if r["arm"] == b:
+            early.setdefault(r["d_model"], []).append(loss_at_fraction(r, CONVERGENCE_FRAC, loss == "val_loss_best"))
+    conv = {"checked": False}
+    if early and all(np.isfinite(v).all() for v in early.values()) and len(early) >= 3:
+        ew = sorted(early)
+        c60 = fit_curve(ew, [np.mean(early[w]) for w in ew], [len(early[w]) for w in ew])
+        inside = a.lo <= c60.alpha <= a.hi if math.isfinite(a.lo) else True
+        conv = {"checked": True, "alpha": c60.alpha, "E": c60.E, "inside": bool(inside)}
+        if not inside:
+            fails.append(f"not converged: α at {CONVERGENCE_FRAC:.0%} of training = {c60.alpha:.3f}, outside "
+                         f"[{a.lo:.3f}, {a.hi:.3f}]")
+    return {"alpha": {"est": c.alpha, "lo": a.lo, "hi": a.hi, "open_lo": a.open_lo, "open_hi": a.open_hi},
+            "E": {"est": c.E, "lo": e.lo, "hi": e.hi, "open_lo": e.open_lo, "open_hi": e.open_hi},
+            "A": c.A, "rss_cells": c.rss, "n_widths": len(ws), "n_runs": int(n.sum()), "noise": source,
+            "s2": s2, "dof": dof, "lack_of_fit": vars(lof), "convergence": conv,
+            "not_identified": why, "fails": fails, "ok": not why and not fails}
+
+
+# ---------------------------------------------------------------------------------------------- tests/verdicts
+
+def _tests(d: Design) -> dict:
+    """Arm vs baseline at every shared width (paired t by seed where possible), Holm-adjusted over all of them."""
+    b, out = d.baseline, {}
+    for a in d.arms[1:]:
+        for w in d.widths(a):
+            if (b, w) in d.cells:
+                out.setdefault(a, {})[int(w)] = vars(compare_cell(d.cells[(a, w)], d.cells[(b, w)]))
+    flat = [t for ws in out.values() for t in ws.values()]
+    for t, p in zip(flat, holm([t["p"] for t in flat])):
+        t["p_holm"] = p
+    return out
+
+
+def _verdicts(d: Design, boot, curve: dict) -> dict:
+    """Per arm and cost axis (params N, FLOPs C): beats / matches / loses the baseline's curve, from the summary
+    multiplier's bootstrap p-value for k = 1 with Holm's correction over the arms."""
+    arms = d.arms[1:]
+    res = {a: {} for a in arms}
+    for axis in ("N", "C"):
+        key = lambda a: f"k_{axis}/{a}"  # noqa: E731
+        ps = holm([boot_p(boot.samples[key(a)]) if key(a) in boot.samples else math.nan for a in arms])
+        for a, p in zip(arms, ps):
+            k = boot.est.get(key(a), math.nan)
+            lo, hi = boot.ci.get(key(a), (math.nan, math.nan))
+            word = ("unavailable" if math.isnan(p) else "beats" if p < 0.05 and k > 1 else
+                    "loses to" if p < 0.05 and k < 1 else "matches")
+            res[a][axis] = {"word": word, "est": k, "lo": lo, "hi": hi, "p_holm": p}
+    for a in arms:
+        v = res[a]
+        if not curve["ok"]:
+            reasons = "; ".join(curve["not_identified"] + curve["fails"])
+            v["text"] = (f"no curve verdict: the baseline's curve does not pass its checks ({reasons}); "
+                         f"measured-point k_int,C(m): {interp_line(boot_interp(boot, d, a), 'C')}")
+        else:
+            v["text"] = (f"{v['N']['word']} the curve at equal params (k_N = {_f(v['N'])}, Holm p = "
+                         f"{v['N']['p_holm']:.2g}); {v['C']['word']} it at equal FLOPs (k_C = {_f(v['C'])}, "
+                         f"Holm p = {v['C']['p_holm']:.2g})")
     return res
 
 
-def _unidentified(f: dict) -> list[str]:
-    """Why the widths do not pin α and E apart (empty when they do): then k, k_N, k_C extrapolate a guess."""
-    why = []
-    if not f["fix_E"] and f["E"]["est"] <= 1e-9:
-        why.append("E at its bound 0")
-    if f["alpha_at_bound"]:
-        why.append("α at its search bound")
-    a = f["alpha"]
-    if f["shared_alpha"] and a["lo"] > 0 and a["hi"] / a["lo"] > 3:
-        why.append(f"α's CI spans ×{a['hi'] / a['lo']:.0f}")
-    return why
+def _f(x: dict) -> str:
+    return f"{x['est']:.3g} [{x['lo']:.3g}, {x['hi']:.3g}]"
 
 
-def _interpolated(boot: ScalingBootstrap, runs: list[dict]) -> dict:
-    """Per arm and width: k_int (width) and k_intC (FLOPs) read off the baseline's measured cells, no power law.
-    `kind` is "" (interpolated), ">"/"<" (only a bound: outside the baseline's loss range). CIs only when
-    ≥ 95 % of the bootstrap draws stayed inside the range (otherwise the interval would be conditional)."""
-    b = boot.fit.baseline
-    cells: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r["_fit"]:
-            cells.setdefault((r["arm"], r["d_model"]), []).append(r)
-    mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if all(k in r for r in rs) else float("nan")  # noqa
-    base = sorted((w, mean(rs, "val_loss"), mean(rs, "flops")) for (a, w), rs in cells.items() if a == b)
-    out: dict[str, dict] = {}
-    for (a, w), rs in sorted(cells.items()):
-        L, C = mean(rs, "val_loss"), mean(rs, "flops")
+def boot_interp(boot, d: Design, a: str) -> dict:
+    """Per width of arm a: k_int (width) and k_intC (FLOPs) with the kind of each ("" a value, ">"/"<" only a
+    bound outside the baseline's range) and CIs only when ≥ 95 % of the draws stayed inside the range."""
+    from widthlab.scaling.fit import interpolated_equivalent
+    b, means = d.baseline, boot.level
+    bw = d.widths(b)
+    out = {}
+    for w in d.widths(a):
         row = {}
-        for name, xs, x in (("", [p[0] for p in base], w), ("C", [p[2] for p in base], C)):
-            x_eq, kind = interpolated_equivalent(xs, [p[1] for p in base], L)
-            draws = boot.samples.get(f"k_int{name}/{a}/{w}", np.array([]))
-            ok = np.isfinite(draws).mean() >= 0.95 if draws.size else False
-            lo, hi = boot.ci.get(f"k_int{name}/{a}/{w}", (math.nan, math.nan)) if ok else (math.nan, math.nan)
-            row[name or "m"] = {"est": x_eq / x, "kind": kind, "lo": lo, "hi": hi}
-        out.setdefault(a, {})[int(w)] = row
+        for name, xs, x in (("m", bw, w), ("C", [d.costs.get("C", {}).get((b, w_), math.nan) for w_ in bw],
+                                           d.costs.get("C", {}).get((a, w), math.nan))):
+            x_eq, kind = interpolated_equivalent(xs, [means[(b, w_)] for w_ in bw], means[(a, w)])
+            key = f"k_int{'' if name == 'm' else 'C'}/{a}/{int(w)}"
+            draws = boot.samples.get(key, np.array([]))
+            ok = draws.size > 0 and np.isfinite(draws).mean() >= 0.95
+            lo, hi = boot.ci[key] if ok else (math.nan, math.nan)
+            row[name] = {"est": x_eq / x if math.isfinite(x) else math.nan, "kind": kind if math.isfinite(x) else "nan",
+                         "lo": lo, "hi": hi}
+        out[int(w)] = row
     return out
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def _iv(boot, key: str) -> dict:
+    lo, hi = boot.ci.get(key, (math.nan, math.nan))
+    return {"est": boot.est.get(key, math.nan), "lo": lo, "hi": hi}
+
+
+def _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap, max_epochs, include_limited,
+             skipped) -> dict:
+    b = d.baseline
+    per_width = lambda prefix, a: {int(w): _iv(boot, f"{prefix}/{a}/{int(w)}") for w in d.widths(a)}  # noqa: E731
+    res = {
+        "baseline": b, "arms": d.arms, "n_runs": len(runs), "n_fit": sum(len(s) for s in d.cells.values()),
+        "loss": loss, "skipped": skipped,
+        "rule": (f"data-limited if val_loss − train_loss_eval > {max_gap:g} nats or epochs > {max_epochs:g}; "
+                 + ("included in the fit" if include_limited else "excluded from the fit")),
+        "excluded": [{"arm": r["arm"], "d_model": r.get("d_model"), "seed": r.get("seed"), "reason": r["_why"]}
+                     for r in runs if not r["_fit"]],
+        "curve": curve, "n_boot": n_boot, "n_ok": boot.n_ok, "ci": CI,
+        "noise": {a: {"kind": n.kind, "dof": n.dof, "sd": math.sqrt(n.s2) if n.s2 == n.s2 else math.nan}
+                  for a, n in boot.noise.items()},
+        "joint": {"shared_alpha": joint.shared_alpha, "alpha": joint.alpha, "A": joint.A, "E": joint.E,
+                  "k_parallel": joint.k},
+        "fits": {name: {p: boot.est.get(f"fit{name}/{p}") for p in ("A", "alpha", "E")} for name in ("N", "Nne", "C")},
+        "overlap_slope": {key: {a: {"slope": v.slope, "lo": v.ci[0], "hi": v.ci[1], "stderr": v.stderr, "n": v.n}
+                                for a, v in fits.items()} for key, fits in overlap.items()},
+        "tests": tests,
+    }
+    for name in ("k", "k_N", "k_Nne", "k_C"):
+        res[name] = {a: _iv(boot, f"{name}/{a}") for a in d.arms}
+        res[f"{name}_m"] = {a: per_width("k_m" if name == "k" else name, a) for a in d.arms}
+    res["interpolated"] = {a: boot_interp(boot, d, a) for a in d.arms}
+    res["verdict"] = _verdicts(d, boot, curve)
+    return res
 
 
 def _jsonable(x):
@@ -307,8 +311,8 @@ def _jsonable(x):
     if isinstance(x, (float, np.floating)):
         x = float(x)
         return None if math.isnan(x) else ("inf" if x == math.inf else "-inf" if x == -math.inf else x)
-    if isinstance(x, np.integer):
-        return int(x)
+    if isinstance(x, (np.integer, np.bool_)):
+        return x.item()
     return x
 
 

@@ -1,0 +1,167 @@
+"""Loading a sweep's runs for `compare`: results.csv rows or run dirs' metrics.json, filled from event files.
+
+A row is one run: arm, d_model, seed, its losses (val_loss = last validation, val_loss_best, val_history,
+train_loss_eval), costs (params, params_nonembed, flops) and final geometry (geom_<matrix>_<stat>). Only arm,
+d_model and a loss column are required (numbers copied from a paper are a valid input).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from widthlab import WidthlabError
+from widthlab.scaling import events
+
+RECIPE_KEYS = ("data_source", "vocab_size", "n_layer", "seq_len")  # must agree for runs to share one curve
+STR_COLS = {"arm", "run_dir", "data_source", "status", "interventions", "val_history"}
+INT_COLS = {"d_model", "seed", "vocab_size", "n_layer", "seq_len", "params", "params_nonembed", "tokens", "steps",
+            "best_step", "diverged_step"}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def _coerce(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if v is None or (isinstance(v, str) and v.strip() == ""):
+            continue  # missing: absent key, never ""
+        if k in STR_COLS or not isinstance(v, (str, int, float)):
+            out[k] = v
+            continue
+        try:
+            x = float(v)
+        except ValueError:
+            out[k] = v
+            continue
+        out[k] = int(x) if k in INT_COLS and math.isfinite(x) and x.is_integer() else x
+    return out
+
+
+def _run_dir(row: dict, sweep: Path) -> Path | None:
+    """results.csv's run_dir may be absolute, relative to where the sweep ran, or to the sweep dir."""
+    cands = []
+    if "run_dir" in row:
+        p = Path(str(row["run_dir"]))
+        cands += [p] if p.is_absolute() else [Path.cwd() / p, sweep / p, sweep.parent / p, sweep / p.name]
+    if {"arm", "d_model", "seed"} <= row.keys():
+        cands.append(sweep / str(row["arm"]) / f"d{row['d_model']}" / f"s{row['seed']}")
+    return next((c.resolve() for c in cands if c.is_dir()), None)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a results.csv; a file that is not one (no header, no arm/d_model column, ragged rows) is a
+    one-line error naming what is wrong."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in ("d_model",) if c not in cols]
+            if missing:
+                raise WidthlabError(f"{path} has no {missing[0]} column (columns: {cols}); a results.csv needs at "
+                                    "least d_model and val_loss (arm and seed optional)")
+            rows = []
+            for i, r in enumerate(reader, start=2):
+                if None in r or any(v is None for v in r.values()):
+                    raise WidthlabError(f"{path} line {i}: {len(cols)} columns in the header but not in this row")
+                rows.append(_coerce(r))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise WidthlabError(f"{path} is not a readable CSV file ({e})") from None
+    for i, r in enumerate(rows, start=2):
+        if not isinstance(r.get("d_model"), int) or r["d_model"] <= 0:
+            raise WidthlabError(f"{path} line {i}: d_model must be a positive integer, got {r.get('d_model')!r}")
+    return rows
+
+
+def load_runs(paths: list[str]) -> list[dict]:
+    """One dict per run from sweep dirs (results.csv), run dirs (metrics.json), or dirs holding run dirs.
+    Adds `_dir` (resolved run dir or None) and `_scalars` (event-file scalars); fills missing metrics from
+    the event files and `flops` from flops_per_token·tokens. A run seen twice is kept once (see below)."""
+    found: dict[object, dict] = {}
+    for p in map(Path, paths):
+        if (p / "results.csv").is_file() or (p.is_file() and p.suffix == ".csv"):
+            csv_path, p = (p / "results.csv", p) if p.is_dir() else (p, p.parent)
+            rows = [(r, _run_dir(r, p)) for r in read_csv(csv_path)]
+        elif p.is_dir():
+            files = [p / "metrics.json"] if (p / "metrics.json").is_file() else sorted(p.rglob("metrics.json"))
+            rows = [(_coerce(json.loads(f.read_text())), f.parent.resolve()) for f in files
+                    if "tb_compare" not in f.parts]
+        else:
+            continue
+        for r, d in rows:
+            r.setdefault("arm", "baseline")  # a plain `fit` run is its own baseline
+            r["_dir"] = d
+            # One configuration (arm, width, seed) is one run: runs are deterministic, so the same one listed
+            # by two sources (a sweep dir and an archived results.csv) has the same loss and is kept once, with
+            # its run dir if either has one; two different losses mean two different experiments.
+            key = (r["arm"], r.get("d_model"), r.get("seed", 0))
+            old = found.get(key)
+            if old is not None and old["_dir"] != d and old.get("val_loss") != r.get("val_loss"):
+                raise WidthlabError(f"two different runs of arm {key[0]!r} at d_model={key[1]}, seed {key[2]} "
+                                    f"(val_loss {old.get('val_loss')} vs {r.get('val_loss')}; second from {p}): "
+                                    "compare one sweep's runs, or rename an arm")
+            if old is None or old["_dir"] is None:
+                found[key] = r
+    runs = list(found.values())
+    for r in runs:
+        r["_scalars"] = events.read_scalars(r["_dir"]) if r["_dir"] is not None else {}
+        for k, v in events.summary_from_scalars(r["_scalars"]).items():
+            r.setdefault(k, v)
+        if isinstance(r.get("val_history"), str):
+            try:
+                r["val_history"] = [(int(s_), float(v)) for s_, v in json.loads(r["val_history"])]
+            except (ValueError, TypeError):
+                raise WidthlabError(f"arm {r['arm']!r} d_model={r.get('d_model')}: val_history is not a list of "
+                                    f"[step, loss] pairs") from None
+        if "flops" not in r and {"flops_per_token", "tokens"} <= r.keys():
+            r["flops"] = r["flops_per_token"] * r["tokens"]
+    return runs
+
+
+def check_recipe(runs: list[dict]) -> None:
+    for k in RECIPE_KEYS:
+        vals = sorted({str(r[k]) for r in runs if k in r})
+        if len(vals) > 1:
+            raise WidthlabError(f"runs mix {k} values {vals}: compare runs of one recipe at a time "
+                                f"(pass only the sweep/run dirs that share {k})")
+
+
+def flag_limited(r: dict, max_gap: float, max_epochs: float) -> str:
+    """'' or why a run looks data-limited rather than width-limited (the fit assumes the latter)."""
+    why = []
+    # Only the eval-mode train loss (no dropout, fixed subset, final weights) measures overfitting; the running
+    # train loss of older runs had dropout on and, in archived rows, an early-training bias, so it is not used.
+    if isinstance(r.get("val_loss"), float) and isinstance(r.get("train_loss_eval"), float) \
+            and r["val_loss"] - r["train_loss_eval"] > max_gap:
+        why.append(f"gap {r['val_loss'] - r['train_loss_eval']:.3f}>{max_gap:g}")
+    if "epochs" in r and r["epochs"] > max_epochs:
+        why.append(f"epochs {r['epochs']:.3g}>{max_epochs:g}")
+    return ", ".join(why)
+
+
+
+
+def sweep_defaults(paths: list[str]) -> dict:
+    """The `compare` section a sweep recipe left in <sweep>/sweep.json (e.g. {"loss": "val_loss_best"}), or {}."""
+    for p in map(Path, paths):
+        f = p / "sweep.json"
+        if f.is_file():
+            try:
+                return dict(json.loads(f.read_text()).get("compare") or {})
+            except (ValueError, AttributeError):
+                raise WidthlabError(f"{f} is not valid JSON; re-run the sweep command to rewrite it") from None
+    return {}
+
+
+def loss_at_fraction(r: dict, frac: float, best: bool) -> float:
+    """The run's validation loss at `frac` of its training (the last validation at or before that step; the
+    best so far if `best`), from val_history; NaN when the run has no history."""
+    hist = r.get("val_history")
+    steps = r.get("steps") or (max(s for s, _ in hist) if hist else None)
+    if not hist or not steps:
+        return math.nan
+    pts = [v for s, v in hist if s <= frac * steps]
+    if not pts:
+        return math.nan
+    return float(min(pts) if best else pts[-1])
