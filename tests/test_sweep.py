@@ -1,11 +1,14 @@
 """`sweep` end to end with real (tiny) fit subprocesses: one results.csv row per run, resume after a kill, bad input
-rejected before any run directory exists, and `compare` on the result."""
+rejected before any run directory exists, `compare` on the result, and an archive that outlives the sweep dir."""
 import csv
+import json
 import os
+import shutil
 
 import pytest
 
 from widthlab import WidthlabError
+from widthlab.archive import run_settings, settings_differ
 from widthlab.scaling.report import compare
 from widthlab.sweep import sweep
 
@@ -121,3 +124,71 @@ def test_compare_on_a_three_width_sweep(swept, tmp_path):
         assert (tmp_path / "report" / f).stat().st_size > 0, f
     assert "report.md" in res["files"] and any(f.endswith(".png") for f in res["files"])
     assert "zloss" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _points(rs) -> list[tuple]:
+    return sorted((r["arm"], int(r["d_model"]), int(r["seed"])) for r in rs)
+
+
+def test_archive_outlives_the_sweep_dir(env, tmp_path, cache_dir, capsys):
+    """2 widths × 2 seeds into an archive; runs/ deleted (a fresh clone) → nothing re-trained, every point listed
+    once; a third seed → only its two points run; a sweep with other settings is refused before anything runs."""
+    out, archive = tmp_path / "runs", tmp_path / "repo" / "docs" / "results" / "ar"
+    ov = {**tiny(cache_dir), "trainer.max_steps": 2, "trainer.val_check_interval": 2, "data.max_eval_tokens": 500}
+    kw = dict(recipe="recipes/smoke.yaml", widths=[32, 64], name="ar", out_dir=str(out), overrides=ov,
+              archive=str(archive), compare={"loss": "val_loss_best", "min_width": 32})
+    root = out / "ar"
+    sweep(seeds=[0, 1], **kw)
+    four = [("baseline", w, s) for w in (32, 64) for s in (0, 1)]
+    first = rows(root / "results.csv")
+    assert _points(first) == _points(rows(archive / "results.csv")) == four
+    for _, w, s in four:
+        assert sorted(os.listdir(archive / "runs" / "baseline" / f"d{w}" / f"s{s}")) == ["config.yaml", "metrics.json"]
+    assert {r["run_dir"] for r in rows(archive / "results.csv")} == {f"runs/baseline/d{w}/s{s}" for _, w, s in four}
+    spec = json.loads((root / "sweep.json").read_text())
+    assert spec == json.loads((archive / "sweep.json").read_text())
+    assert spec == {"name": "ar", "recipe": "recipes/smoke.yaml", "widths": [32, 64], "seeds": [0, 1],
+                    "arms": {"baseline": {}}, "overrides": ov, "compare": {"loss": "val_loss_best", "min_width": 32}}
+    capsys.readouterr()
+
+    shutil.rmtree(root)  # a fresh machine: only the committed archive is left
+    sweep(seeds=[0, 1], **kw)
+    assert "4 runs, 4 already finished (4 in the archive" in capsys.readouterr().out
+    assert not (root / "baseline").exists()  # nothing re-trained
+    again = rows(root / "results.csv")
+    assert _points(again) == four
+    assert sorted(r["val_loss"] for r in again) == sorted(r["val_loss"] for r in first)
+
+    sweep(seeds=[0, 1, 2], **kw)
+    log = capsys.readouterr().out
+    assert "6 runs, 4 already finished" in log and "[2/2]" in log and "[3/" not in log
+    assert sorted(os.listdir(root / "baseline" / "d32")) == ["s2"]  # only the new seed trained
+    six = sorted(four + [("baseline", 32, 2), ("baseline", 64, 2)])
+    # `compare runs/ar` and `compare <archive>` both see every run, once, each run_dir resolvable from its csv
+    for base in (root, archive):
+        rs = rows(base / "results.csv")
+        assert _points(rs) == six
+        assert all((base / r["run_dir"] / "metrics.json").is_file() for r in rs)
+        assert all(r["status"] == "ok" for r in rs)
+
+    # Mixing is refused: a changed setting, before any run directory or file is written.
+    with pytest.raises(WidthlabError, match=r"baseline d=32 s0\) was trained with model\.lr=0\.003, but this sweep "
+                                            r"would use model\.lr=0\.01; give this sweep its own name"):
+        sweep(**{**kw, "out_dir": str(tmp_path / "elsewhere"), "overrides": {**ov, "model.lr": 0.01}}, seeds=[0])
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_settings_compare_what_decides_a_result():
+    cfg = {"seed_everything": 0, "model": {"d_model": 32, "lr": 0.003, "interventions": None, "compile": False},
+           "data": {"seed": 0, "vocab_size": 512, "cache_dir": "a"}, "trainer": {"max_steps": 6, "logger": None}}
+    old = run_settings(cfg)
+    # the point itself (width, seed), where the cache lives, logging: not compared
+    same = {**cfg, "seed_everything": 1, "model": {**cfg["model"], "d_model": 64, "compile": True},
+            "data": {**cfg["data"], "seed": 1, "cache_dir": "b"}, "trainer": {"max_steps": 6, "logger": True}}
+    assert settings_differ(old, run_settings(same)) is None
+    # an option added since (absent from the old config) is read at its default
+    assert settings_differ(old, run_settings({**cfg, "model": {**cfg["model"], "new_knob": 1.0}})) is None
+    assert settings_differ(old, run_settings({**cfg, "trainer": {"max_steps": 7}})) == ("trainer.max_steps", 6, 7)
+    iv = [{"class_path": "widthlab.interventions.logits.ZLoss", "init_args": {"coef": 1e-4}}]
+    diff = settings_differ(old, run_settings({**cfg, "model": {**cfg["model"], "interventions": iv}}))
+    assert diff is not None and diff[:2] == ("model.interventions", None)

@@ -73,20 +73,22 @@ def train_loss_eval(trainer, pl_module) -> float | None:
     cap = dm.hparams.get("max_eval_tokens")
     n_tokens = min(dm.split_stats("valid")["tokens"], cap or math.inf)
     n_seq = max(1, math.ceil(n_tokens / dm.seq_len))
-    # Sample ids 0..n_seq-1 of TRAIN_EVAL_SEED through the training sampler: windows spread over the whole split.
-    x, y = TrainWindows(load_split(dm.path, "train"), dm.seq_len, n_seq, TRAIN_EVAL_SEED)[0]
+    # Sample ids 0..n_seq-1 of TRAIN_EVAL_SEED through the training sampler (windows spread over the whole split),
+    # drawn a batch at a time: batch i holds ids i·bs … i·bs+bs-1, whatever bs is.
     bs = dm.hparams.get("eval_batch_size", 64)
-    was_training, total = pl_module.training, 0.0
+    ds = TrainWindows(load_split(dm.path, "train"), dm.seq_len, bs, TRAIN_EVAL_SEED)
+    was_training, total, count = pl_module.training, 0.0, 0
     pl_module.eval()
     try:
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            for i in range(0, n_seq, bs):
-                logits, _ = pl_module(x[i:i + bs].to(pl_module.device))
-                total += F.cross_entropy(logits.float().flatten(0, 1), y[i:i + bs].flatten().to(pl_module.device),
-                                         reduction="sum").item()
+            for i in range(math.ceil(n_seq / bs)):
+                x, y = (t[:n_seq - i * bs].to(pl_module.device) for t in ds[i])
+                logits, _ = pl_module(x)
+                total = total + F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                count += y.numel()
     finally:
         pl_module.train(was_training)
-    return _finite_or_none(total / y.numel())
+    return _finite_or_none(float(total) / count)
 
 
 class RunRecorder(L.Callback):
