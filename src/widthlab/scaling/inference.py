@@ -129,13 +129,15 @@ def _interpolated(d: Design, means: dict, out: dict) -> None:
     keys = [c for c in d.cells]
     L = np.array([means[c] for c in keys])
     x_eq, kind = interpolated_equivalents(bw, Lb, L)
+    # The baseline against itself is 1, also where it trained worse than a narrower width (then the monotone
+    # interpolant would map it onto the narrower one).
     for (a, w), x, k in zip(keys, x_eq, kind):
-        out[f"k_int/{a}/{int(w)}"] = x / w if k == "" else np.nan
+        out[f"k_int/{a}/{int(w)}"] = 1.0 if a == b else x / w if k == "" else np.nan
     C = d.costs.get("C", {})
     if all((b, w) in C for w in bw) and len(bw):
         x_eq, kind = interpolated_equivalents([C[(b, w)] for w in bw], Lb, L)
         for (a, w), x, k in zip(keys, x_eq, kind):
-            out[f"k_intC/{a}/{int(w)}"] = x / C[(a, w)] if k == "" and (a, w) in C else np.nan
+            out[f"k_intC/{a}/{int(w)}"] = 1.0 if a == b else x / C[(a, w)] if k == "" and (a, w) in C else np.nan
 
 
 # ---------------------------------------------------------------------------------------------- noise model

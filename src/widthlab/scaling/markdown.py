@@ -58,7 +58,8 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
                      f"{mean(v('epochs'))} | {mean(v('tokens_per_param'))} | {mean(gaps)} | {why or '–'} |")
     lines += glance(res, cells)
     lines += _curve(res, c, pct)
-    lines += _multipliers(res, pct)
+    if len(res["arms"]) > 1:
+        lines += _multipliers(res, pct)
     lines += _overlap(res)
     lines += ["", "## Verdict", "",
               "Per arm, at equal parameters (k_N) and at equal training FLOPs (k_C): *beats* / *loses to* when the "

@@ -126,7 +126,8 @@ def multiplier(boot: Bootstrap, arms: list[str], baseline: str, key: str = "k_m"
     ax.axhline(1.0, color="k", ls="--", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="k(m) = m_eq / m",
            title="effective-width multiplier" + ("" if key == "k_m" else " (measured baseline points)"))
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return fig
 
 

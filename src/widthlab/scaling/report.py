@@ -107,9 +107,10 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
 
     out_dir = Path(out) if out is not None else Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    figs = {"loss_vs_width": plots.loss_vs_width(m, L, arm, boot, joint, CI, loss),
-            "multiplier": plots.multiplier(boot, d.arms, baseline),
-            "multiplier_measured": plots.multiplier(boot, d.arms, baseline, key="k_int")}
+    figs = {"loss_vs_width": plots.loss_vs_width(m, L, arm, boot, joint, CI, loss)}
+    if len(d.arms) > 1:
+        figs["multiplier"] = plots.multiplier(boot, d.arms, baseline)
+        figs["multiplier_measured"] = plots.multiplier(boot, d.arms, baseline, key="k_int")
     for key, fits in overlap.items():
         mat, stat = key.split("/")
         name = "overlap_vs_width" + ("" if mat == "unembed" else f"_{mat}") + ("_centred" if "centred" in stat else "")
@@ -256,6 +257,8 @@ def boot_interp(boot, d: Design, a: str) -> dict:
         for name, xs, x in (("m", bw, w), ("C", [d.costs.get("C", {}).get((b, w_), math.nan) for w_ in bw],
                                            d.costs.get("C", {}).get((a, w), math.nan))):
             x_eq, kind = interpolated_equivalent(xs, [means[(b, w_)] for w_ in bw], means[(a, w)])
+            if a == b:  # the baseline against itself (see inference._interpolated)
+                x_eq, kind = x, ""
             key = f"k_int{'' if name == 'm' else 'C'}/{a}/{int(w)}"
             draws = boot.samples.get(key, np.array([]))
             ok = draws.size > 0 and np.isfinite(draws).mean() >= 0.95
