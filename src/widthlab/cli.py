@@ -41,16 +41,19 @@ def run_function(name: str, args: list[str]):
 
 # jsonargparse's framing of a Union error (Optional[list[Intervention]]): the alternatives that were tried
 _NOISE = ("Expected a path but", "Does not validate against any of", "Subtypes:", "Errors:",
-          "Expected a <class 'NoneType'>", "Given value type:", "Given value:")
+          "Expected a <class 'NoneType'>", "Given value type:")
+# how jsonargparse names an unknown key: on the command line, in a --config file, in a typed function's config
+_UNKNOWN = [r"unrecognized arguments: (--[\w.\-+]+)", r"does not accept (?:option|nested key) '([\w.\-]+)'",
+            r"Option '([\w.\-]+)' is not accepted"]
 
 
 def one_line_parse_error(message: str, options: list[str], command: str = "") -> str:
     """jsonargparse's error (often several lines) as one line, with a guess for a mistyped option."""
     lines = [line.strip(" -") for line in message.splitlines()]
     text = " ".join(" ".join(line for line in lines if line and not line.startswith(_NOISE)).split())
-    unknown = re.findall(r"(--[\w.\-+]+)", text) if "unrecognized arguments" in text else []
-    for bad in unknown:
-        close = difflib.get_close_matches(bad.split("=")[0], options, n=1, cutoff=0.75)
+    for pattern in _UNKNOWN:
+        found = re.search(pattern, text)
+        close = difflib.get_close_matches("--" + found.group(1).lstrip("-"), options, n=1, cutoff=0.75) if found else []
         if close:
             text += f"; did you mean {close[0]}?"
             break
