@@ -7,11 +7,12 @@ the schedule is linear warmup then cosine decay to `min_lr_ratio · lr`.
 Divergence is a result, not a crash: before each optimizer step one host sync checks that the step's losses and
 gradients are finite. If not, the gradients are dropped (AdamW skips parameters without one, so the update is a
 no-op and the weights stay the last good ones), `diverged_step` records the step, and training ends before any
-further validation or checkpoint, so checkpoints/last.ckpt stays the last one from before the divergence. The
-RunRecorder then marks metrics.json diverged and the process exits 0. (Returning None from training_step would
-also skip the update, since the closure zeroes the gradients first, but Lightning refuses it under DDP and it
-keeps earlier micro-batches' gradients under accumulation; a non-finite gradient behind a finite loss needs the
-gradient check anyway.)
+further validation or checkpoint, so checkpoints/last.ckpt stays the last one from before the divergence (a run
+that diverges before its first checkpoint gets one from Lightning's save_last at the end: the same good weights,
+its step counter one past them). The RunRecorder then marks metrics.json diverged and the process exits 0.
+(Returning None from training_step would also skip the update, since the closure zeroes the gradients first, but
+Lightning refuses it under DDP and it keeps earlier micro-batches' gradients under accumulation; a non-finite
+gradient behind a finite loss, the usual case with a huge LR, needs the gradient check anyway.)
 """
 from __future__ import annotations
 

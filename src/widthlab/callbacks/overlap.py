@@ -7,7 +7,8 @@ the numbers to whatever loggers the Trainer has. Matrices:
   hidden  last-layer states (after the final norm) on a fixed validation batch, rows (B·T, m); only when the
           datamodule has `fixed_val_batch(n_seq)`
 Tags: geometry/<matrix>/<name> with the names of `geometry.summary`; hidden logs mean_cos (anisotropy),
-erank, kappa, mean_cos2 and mean_cos2_centred (overlap left once the shared direction is removed). Every `hist_every_n_steps` also mean_abs_cos, max_abs_cos, welch_max_bound (pairs,
+erank, kappa, mean_cos2 and mean_cos2_centred (the overlap left once the shared direction is removed).
+Every `hist_every_n_steps` also mean_abs_cos, max_abs_cos, welch_max_bound (pairs,
 O(n²m)) and, on a TensorBoardLogger, histograms geometry/<matrix>/row_norms and geometry/<matrix>/cos_sample.
 
 Cost (benchmarks/overlap_cost.py, 2 busy CPU threads, d=128, n=4096, T=128, L=2, B=32): scalars ≈ 0.06 train

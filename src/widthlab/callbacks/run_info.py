@@ -11,7 +11,7 @@ metrics.json is one flat results.csv row. Besides sizes, tokens, FLOPs, throughp
   train_loss_running  mean CE of the last 50 training micro-batches (dropout on, weights changing: the old
                       `train_loss`)
   status, diverged_step  "ok" and null, or "diverged" and the global step whose loss or gradients were not finite
-                      (see widthlab.module: that update was skipped, last.ckpt is from before it)
+                      (see widthlab.module: that update was skipped, so every checkpoint holds pre-divergence weights)
 """
 from __future__ import annotations
 
