@@ -27,7 +27,7 @@ ALL_STATUSES = ["STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_UNKNOWN", "STATUS_RU
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, cache_dir):
     """A sweep directory: one real tiny fit (the whole path: RunRecorder → metrics.json → HParamsWriter), plus two
-    runs written the way HParamsWriter writes them (another arm, and a diverged run), plus the sweep's layout."""
+    older runs given sessions afterwards (another arm, and a diverged run), plus the sweep's layout."""
     root = tmp_path_factory.mktemp("tb") / "demo"
     real = root / "baseline" / "d32" / "s0"
     out, records = io.StringIO(), []
@@ -50,10 +50,12 @@ def sweep(tmp_path_factory, cache_dir):
         root / "baseline" / "d64" / "s0": {**m, "d_model": 64, "val_loss": float("nan"), "val_loss_best": 7.0,
                                            "status": "diverged", "diverged_step": 5},
     }
-    for d, metrics in others.items():
+    for d, metrics in others.items():  # runs without a session (finished before HParamsWriter existed)
         d.mkdir(parents=True)
-        hp = tb_views.run_hparams(metrics, {"lr": 3e-3, "mup_base_d_model": 32}, None, str(d))
-        tb_views.write_run_hparams(str(d), hp, tb_views.final_metrics(metrics), step=8)
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "config.yaml").write_text("model:\n  lr: 0.003\n  mup_base_d_model: 32\n")
+    assert sorted(tb_views.write_missing_sessions(str(root))) == sorted(map(str, others))
+    assert tb_views.write_missing_sessions(str(root)) == []  # once
     tb_views.write_sweep_layout(str(root), ["baseline", "bigram"])
     return {"root": root, "real": real, "metrics": m, "stdout": out.getvalue(), "fit_s": fit_s,
             "log": [r.getMessage() for r in records]}
@@ -174,6 +176,13 @@ def test_custom_scalars_layout_puts_each_metric_in_one_chart(tensorboard, sweep)
         assert res["regex_valid"] and len(res["tag_to_events"]) == 1, (title, res)  # one tag: no final/ duplicate
         (events,) = res["tag_to_events"].values()
         assert events and all(math.isfinite(v) for _, _, v in events)
+
+
+def test_a_second_finish_replaces_the_session(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_loss": 5.0, "tokens": 100}))
+    assert tb_views.write_missing_sessions(str(tmp_path)) == [str(tmp_path)]
+    again = tb_views.write_run_hparams(str(tmp_path), {"arm": "x"}, {"final/val_loss": 4.0}, step=20)
+    assert [p.name for p in tmp_path.glob("events.*")] == [os.path.basename(again)]  # TensorBoard keeps the first
 
 
 def test_layout_is_replaced_not_repeated(tmp_path):

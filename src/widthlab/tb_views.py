@@ -153,8 +153,8 @@ def write_run_hparams(log_dir: str, hparams: dict, metrics: dict[str, float], st
                       start_time: float | None = None) -> str:
     """Write one run's HPARAMS session and `final/*` scalars into log_dir (its own event directory).
 
-    Returns the event file's path. A run resumed after it finished writes a second session record; TensorBoard
-    keeps the first one's hyperparameters and the latest metric values."""
+    Returns the event file's path. It replaces an earlier one (a run resumed after it finished): TensorBoard would
+    keep the first session record's hyperparameters."""
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -167,7 +167,31 @@ def write_run_hparams(log_dir: str, hparams: dict, metrics: dict[str, float], st
         writer.add_event(Event(wall_time=now, step=step, summary=final_scalars_summary(metrics)))
     finally:
         writer.close()
+    for fn in before:
+        os.remove(fn)
     return (_event_files(log_dir, ".hparams") - before).pop()
+
+
+def write_missing_sessions(root: str) -> list[str]:
+    """HPARAMS sessions for the finished runs under root that have none (runs from before HParamsWriter existed),
+    from each run's metrics.json and config.yaml. Returns the run directories written to."""
+    import json
+
+    import yaml
+
+    written = []
+    for fn in sorted(glob.glob(os.path.join(root, "**", "metrics.json"), recursive=True)):
+        run_dir = os.path.dirname(fn)
+        if _event_files(run_dir, ".hparams"):
+            continue
+        with open(fn) as f:
+            m = json.load(f)
+        cfg_fn = os.path.join(run_dir, "config.yaml")
+        cfg = (yaml.safe_load(open(cfg_fn)) or {}) if os.path.isfile(cfg_fn) else {}
+        hp = run_hparams(m, cfg.get("model") or {}, cfg.get("arm"), run_dir)
+        write_run_hparams(run_dir, hp, final_metrics(m), int(m.get("steps") or 0))
+        written.append(run_dir)
+    return written
 
 
 def _event_files(log_dir: str, suffix: str) -> set[str]:

@@ -72,5 +72,5 @@ class FitSummary(L.Callback):
         tps = done / wall if done and wall > 0 else None  # fallback: this fit's tokens over its wall time
         rel = os.path.relpath(log_dir)
         lines = summary_lines(m, os.path.abspath(log_dir) if rel.startswith("..") else rel,
-                              trainer.global_step, tps, m.get("wall_s") or wall)
+                              m.get("steps", trainer.global_step), tps, m.get("wall_s") or wall)
         print("\n" + "\n".join(lines), flush=True)
