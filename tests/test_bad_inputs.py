@@ -30,11 +30,13 @@ CASES = {
     "ckpt_not_a_checkpoint": (lambda t: fit(t, "--ckpt_path", str(t / "notes.txt")), "notes.txt is not a checkpoint"),
     "ckpt_missing": (lambda t: fit(t, "--ckpt_path", str(t / "gone.ckpt")), "gone.ckpt does not exist"),
     "ckpt_is_a_directory": (lambda t: fit(t, "--ckpt_path", str(t)), "is not a checkpoint"),
-    "ckpt_zip_not_torch": (lambda t: fit(t, "--ckpt_path", str(t / "a.zip")), "a zip archive but not a torch checkpoint"),
+    "ckpt_zip_not_torch": (lambda t: fit(t, "--ckpt_path", str(t / "a.zip")),
+                           "a zip archive but not a torch checkpoint"),
     "test_ckpt_not_a_checkpoint": (lambda t: fit(t, "--ckpt_path", str(t / "notes.txt"), command="test"),
                                    "is not a checkpoint"),
     # fit: options and config files
-    "typo_key_suggests": (lambda t: fit(t, "--model.d_modle", "64"), "--model.d_modle 64; did you mean --model.d_model?"),
+    "typo_key_suggests": (lambda t: fit(t, "--model.d_modle", "64"),
+                          "--model.d_modle 64; did you mean --model.d_model?"),
     "typo_section": (lambda t: fit(t, "--trainr.max_steps", "5"), "did you mean --trainer.max_steps?"),
     "typo_key_in_config_file": (lambda t: fit(t, "--config", str(t / "typo.yaml")),
                                 "'model.d_modle'; did you mean --model.d_model?"),
@@ -44,11 +46,12 @@ CASES = {
     "precision_unknown": (lambda t: fit(t, "--trainer.precision", "fp7"), "trainer.precision"),
     "batch_size_zero": (lambda t: fit(t, "--data.batch_size", "0"), "must be positive"),
     "vocab_below_bytes": (lambda t: fit(t, "--data.vocab_size", "10"), "data.vocab_size >= 257"),
-    "intervention_arg_typo": (lambda t: fit(t, "--model.interventions",
-                                            '[{"class_path": "widthlab.interventions.ZLoss", "init_args": {"wieght": 1}}]'),
+    "intervention_arg_typo": (lambda t: fit(t, "--model.interventions", '[{"class_path": '
+                                            '"widthlab.interventions.ZLoss", "init_args": {"wieght": 1}}]'),
                               "Option 'wieght' is not accepted"),
     # commands
-    "unknown_command": (lambda t: ["fitt", "--config", "recipes/smoke.yaml"], "unknown command 'fitt'; did you mean fit?"),
+    "unknown_command": (lambda t: ["fitt", "--config", "recipes/smoke.yaml"],
+                        "unknown command 'fitt'; did you mean fit?"),
     "no_command": (lambda t: [], "give a command"),
     "predict_unsupported": (lambda t: fit(t, command="predict"), "unknown command 'predict'"),
     # sweep
@@ -76,7 +79,8 @@ CASES = {
     "analyze_block_rows_zero": (lambda t: ["analyze", "--model", str(t / "gone"), "--block_rows", "0",
                                            "--out", str(t / "a.json")], "block_rows must be"),
     # toy
-    "toy_typo_in_config": (lambda t: ["toy", "--config", str(t / "toy.yaml")], "Option 'mm' is not accepted; did you mean --m?"),
+    "toy_typo_in_config": (lambda t: ["toy", "--config", str(t / "toy.yaml")],
+                           "Option 'mm' is not accepted; did you mean --m?"),
     "toy_lr_rule": (lambda t: toy(t, "--lr_rule", "fancy"), "lr_rule"),
     "toy_batch_size_zero": (lambda t: toy(t, "--batch_size", "0"), "must be ≥ 1"),
     "toy_width_zero": (lambda t: toy(t, "--m", "[0]"), "1 ≤ m < n"),

@@ -204,7 +204,8 @@ def _event_files(log_dir: str, suffix: str) -> set[str]:
 CHARTS = {
     "loss": [("val/loss (nats/token)", r"val/loss$"), ("val/word_ppl", r"val/word_ppl$"),
              ("val/bpb", r"val/bpb$"), ("train/loss", r"train/loss$")],
-    "overlap": [("head mean cos²", r"geometry/unembed/mean_cos2$"), ("head κ = m · mean cos²", r"geometry/unembed/kappa$"),
+    "overlap": [("head mean cos²", r"geometry/unembed/mean_cos2$"),
+                ("head κ = m · mean cos²", r"geometry/unembed/kappa$"),
                 ("head mean cos² centred", r"geometry/unembed/mean_cos2_centred$"),
                 ("embedding mean cos²", r"geometry/embed/mean_cos2$")],
 }

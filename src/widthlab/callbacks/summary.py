@@ -39,9 +39,8 @@ def summary_lines(m: dict, run_dir: str, steps: int, tokens_per_sec: float | Non
     head = f"{steps} steps" + (f", {_si(tokens)} tokens" if tokens else "")
     if m.get("status") == "diverged":
         head = f"DIVERGED at step {m.get('diverged_step', '?')} (the loss stopped being finite); {head}"
-    best = m.get("val_loss_best")
-    best_txt = f" · best {_num(best, '.4f')}" + (f" (step {m['best_step']})" if m.get("best_step") is not None else "") \
-        if best is not None else ""
+    best, at = m.get("val_loss_best"), m.get("best_step")
+    best_txt = "" if best is None else f" · best {best:.4f}" + ("" if at is None else f" (step {at})")
     tps = m.get("tokens_per_sec") or tokens_per_sec
     view = tb_views.sweep_root(run_dir) or run_dir
     return [
