@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from widthlab import WidthlabError
+from widthlab.tb_views import write_sweep_layout
 from widthlab.archive import archive_dir, copy_run, run_settings, settings_differ
 from widthlab.callbacks.run_info import write_json_atomic
 
@@ -76,7 +77,7 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
                 run_dir = os.path.join(root, arm, f"d{w}", f"s{s}")
                 args = ["fit", "--config", recipe, "--trainer.default_root_dir", run_dir,
                         "--model.d_model", str(w), "--seed_everything", str(s), "--data.seed", str(s),
-                        "--trainer.enable_progress_bar", "false"]
+                        "--trainer.enable_progress_bar", "false", "--arm", arm]
                 for k, v in {**overrides, **(ov or {})}.items():
                     args += _flag(k, v)
                 points.append(Point(arm, w, s, run_dir, args))
@@ -212,7 +213,7 @@ def write_results(root: str, rows: list[dict]) -> str:
     return path
 
 
-def _run_one(p: Point, device: int | None) -> int:
+def _run_one(p: Point, device: int | None, threads: int | None = None) -> int:
     last = os.path.join(p.run_dir, "checkpoints", "last.ckpt")
     args = list(p.args)
     if os.path.exists(last):
@@ -223,6 +224,8 @@ def _run_one(p: Point, device: int | None) -> int:
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(device)
+    if threads is not None:  # parallel CPU runs share the cores instead of each spinning up all of them
+        env["OMP_NUM_THREADS"] = str(threads)
     with open(os.path.join(p.run_dir, "stdout.log"), "a") as log:
         return subprocess.run([sys.executable, "-m", "train", *args], env=env, stdout=log,
                               stderr=subprocess.STDOUT).returncode
@@ -243,7 +246,9 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         name: sweep name; runs go to <out_dir>/<name>/<arm>/d<width>/s<seed>/
         out_dir: parent directory of the sweep
         dry_run: print the commands and exit
-        devices: parallel runs, one per GPU (default: the number of visible GPUs, or 1 on CPU)
+        devices: parallel runs: one per GPU (default: the number of visible GPUs), or on a CPU-only machine that
+            many runs side by side with cores/devices threads each (default 1; 2 on a 2-core CPU gave 1.4× the
+            tokens/s of one 2-thread run for d ≤ 128 models, docs/LOG.md)
         coord_check: first run a μP coordinate check per arm (a few steps per width) into <sweep>/<arm>/coord_check
         only: run just these arms now (results.csv still lists every finished run of the sweep)
         archive: a directory to commit (e.g. docs/results/<name>): every finished run's metrics.json and config.yaml
@@ -317,7 +322,8 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     def work(i_p):
         i, p = i_p
         t = time.time()
-        rc = _run_one(p, i % n_dev if torch.cuda.device_count() > 1 else None)
+        cpu_threads = max(1, (os.cpu_count() or 1) // n_dev) if not torch.cuda.is_available() and n_dev > 1 else None
+        rc = _run_one(p, i % n_dev if torch.cuda.device_count() > 1 else None, cpu_threads)
         record([p])
         status = "done" if rc == 0 else f"FAILED (exit {rc}, see {p.run_dir}/stdout.log)"
         if rc:
@@ -330,7 +336,8 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     with ThreadPoolExecutor(max_workers=n_dev) as ex:
         list(ex.map(work, enumerate(todo)))
     path = record([])
-    # TensorBoard custom-scalars layout for the sweep (tb_views.write_sweep_layout(root, arms)) goes here.
+    # One chart per metric with every run of the sweep in it (TensorBoard's CUSTOM SCALARS tab).
+    write_sweep_layout(root, list(dict.fromkeys(p.arm for p in points)))
     if failed:
         raise WidthlabError(f"{len(failed)} run(s) failed, e.g. {failed[0]}; read its stdout.log, fix, and re-run "
                             "the same sweep command to resume")
