@@ -72,6 +72,10 @@ CASES = {
     "compare_unknown_loss": (lambda t: ["compare", str(t / "mini"), "--loss", "val_los", "--out", str(t / "cmp")],
                              "--loss must be val_loss, val_loss_best or auto"),
     "compare_no_paths": (lambda t: ["compare"], "required: paths"),
+    "compare_n_boot_negative": (lambda t: ["compare", str(t / "mini"), "--n_boot", "-5", "--out", str(t / "cmp")],
+                                "--n_boot must be at least 10"),
+    "compare_max_gap_negative": (lambda t: ["compare", str(t / "mini"), "--max_gap", "-1", "--out", str(t / "cmp")],
+                                 "--max_gap and --max_epochs must be positive"),
     "compare_width_not_int": (lambda t: ["compare", str(t / "mini"), "--min_width", "abc", "--out", str(t / "cmp")],
                               "min_width"),
     # analyze
@@ -138,6 +142,16 @@ def test_bad_input_is_one_line(name, inputs, capsys, monkeypatch):
     assert err.startswith("error: ") and match in err, err
     assert all(line.removeprefix("INFO: ").startswith(LIGHTNING_INFO) for line in info), info
     assert _tree(inputs) == before  # nothing half-written: no run dir, config.yaml, events, report or JSON
+
+
+def test_a_model_setting_checked_after_the_data_is_built(inputs, capsys):
+    # The model is built after the datamodule (its vocabulary comes from the tokenizer), so a bad model value
+    # is found once the token cache exists; the cache is complete and reusable, and nothing else is written.
+    with pytest.raises(SystemExit) as e:
+        main(fit(inputs, "--model.dropout", "1.5"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and err == "error: dropout must be in [0, 1) (got 1.5); PTB recipes use 0.1"
+    assert not any(p.name in ("config.yaml", "metrics.json") for p in inputs.rglob("*"))
 
 
 def test_the_same_through_a_real_process(tmp_path):

@@ -29,6 +29,10 @@ class ModelConfig:
         if self.d_model % self.head_dim:
             raise WidthlabError(f"d_model={self.d_model} is not divisible by head_dim={self.head_dim}; "
                                 f"choose a multiple of {self.head_dim} or change model.head_dim")
+        if not 0.0 <= self.dropout < 1.0:
+            raise WidthlabError(f"dropout must be in [0, 1) (got {self.dropout}); PTB recipes use 0.1")
+        if self.mup_base_d_model is not None and self.mup_base_d_model <= 0:
+            raise WidthlabError(f"mup_base_d_model must be a positive width (got {self.mup_base_d_model}) or null")
         if self.real_vocab_size is None:
             self.real_vocab_size = self.vocab_size
         if self.real_vocab_size > self.vocab_size:

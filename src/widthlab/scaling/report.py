@@ -54,6 +54,10 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
         The key numbers (also written to compare.json).
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
+    if n_boot < 10:
+        raise WidthlabError(f"--n_boot must be at least 10 (got {n_boot}); 1000 gives stable 95 % intervals")
+    if max_gap <= 0 or max_epochs <= 0:
+        raise WidthlabError(f"--max_gap and --max_epochs must be positive (got {max_gap}, {max_epochs})")
     runs = load_runs(paths)
     if not runs:
         raise WidthlabError(f"no runs found in {paths}: pass a sweep dir with results.csv or run dirs "
