@@ -1,6 +1,9 @@
-"""The toy model of superposition: Eq. 2 decay, samplers, forward/backward, metrics, fits and the CLI."""
+"""The toy model of superposition: Eq. 2 decay, samplers, forward/backward, metrics, fits, the CLI, the φ₁ record,
+steps sweeps, the cross-run fits table and the paper recipe."""
 from __future__ import annotations
 
+import csv
+import json
 import math
 from types import SimpleNamespace
 
@@ -14,6 +17,7 @@ from widthlab.interventions.signed_decay import SignedRowDecay, signed_row_decay
 from widthlab.toy import (fit_alpha_m, fit_mask, forward_dense, forward_sparse, loss_and_grad_sparse, mean_cos2,
                           row_norm_fractions, toy, train_one)
 from widthlab.toy_data import densify, frequencies, lr_at, sample_dense, sample_sparse
+from widthlab.toy_results import TABLE_FIELDS, record, upsert
 
 
 # ---------------------------------------------------------------------------------------------------- Eq. 2
@@ -185,14 +189,32 @@ def test_cli_writes_results_and_events(tmp_path):
     assert lines[0].startswith("gamma,distribution,m") and len(lines) == 4
     assert "alpha_m" in (out / "results.md").read_text()
     assert list((out / "power_g-1_m8").glob("events.out.tfevents.*"))
+    traj = read_csv(out / "trajectory.csv")  # 3 widths × steps 10, 20, 30
+    assert len(traj) == 9 and {r["step"] for r in traj} == {"10", "20", "30"} and float(traj[0]["phi_one"]) >= 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["steps"] == 30 and cfg["gammas"] == [-1.0] and "git_commit" in cfg and "started" in cfg
 
 
 @pytest.mark.parametrize("kw, match", [(dict(m=[10, 60]), "m < n"), (dict(distributions=["zipf"]), "unknown"),
-                                       (dict(steps=-1), "steps")])
+                                       (dict(steps=-1), "steps"), (dict(gammas=[]), "gammas is empty"),
+                                       (dict(steps_list=[]), "steps_list"), (dict(steps_list=[4, 0]), "steps_list"),
+                                       (dict(warmup=2), "warmup of 2 steps"),
+                                       (dict(steps_list=[1, 5], warmup=3), "does not end before 1 steps"),
+                                       (dict(device="gpu"), "not a torch device"),
+                                       (dict(device="cuda:7"), "cuda:7")])
 def test_bad_input_is_a_widthlab_error(tmp_path, kw, match):
-    args = dict(n=60, m=[4], steps=2, batch_size=8, eval_batches=1, out_dir=str(tmp_path)) | kw
+    args = dict(n=60, m=[4], steps=2, warmup=1, batch_size=8, eval_batches=1, out_dir=str(tmp_path)) | kw
     with pytest.raises(WidthlabError, match=match):
         toy(**args)
+    assert not (tmp_path / "toy").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("extra, match", [(["--device", "cuda:7"], "cuda:7"), (["--gammas", "[]"], "gammas is empty")])
+def test_cli_bad_device_and_empty_gammas_are_one_line(tmp_path, capsys, extra, match):
+    with pytest.raises(SystemExit) as e:
+        main(["toy", "--n", "60", "--m", "[4]", "--steps", "2", "--warmup", "1", "--out_dir", str(tmp_path), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and match in err[0]
 
 
 def test_cli_exits_2_on_bad_input(tmp_path):
@@ -201,6 +223,81 @@ def test_cli_exits_2_on_bad_input(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["toy", "--config", str(cfg)])
     assert e.value.code == 2
+
+
+def read_csv(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+class Recorder:
+    """A SummaryWriter stand-in that keeps the scalars."""
+    def __init__(self):
+        self.scalars = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, value))
+
+
+def test_phi_one_is_recorded_over_training():
+    p = frequencies(80, "power", alpha=1.0)
+    w = Recorder()
+    res = train_one(p, 8, -1.0, steps=25, batch_size=32, lr_w=1e-2, lr_b=1e-2, warmup=3, min_lr_ratio=0.05,
+                    eval_batches=2, seed=0, device="cpu", writer=w, log_every=10, metric_every=10)
+    hist = res["history"]
+    assert [h["step"] for h in hist] == [10, 20, 25]  # every metric_every steps and the last step
+    assert all(0 <= h["phi_one"] <= h["phi_half"] <= 1 and h["train_loss"] > 0 for h in hist)
+    assert [s for s, _ in w.scalars["geometry/phi_one"]] == [10, 20, 25]
+    assert w.scalars["geometry/phi_one"][-1][1] == hist[-1]["phi_one"] == res["phi_one"]  # the final W
+    assert "geometry/phi_half" in w.scalars and "train/loss_window" in w.scalars
+    assert 0 < res["train_loss_last100"] < 10 * res["loss"]
+
+
+def test_steps_list_fits_one_curve_per_length(tmp_path):
+    toy(n=60, m=[4, 8], gammas=[-1.0], steps_list=[12, 24], warmup=0.1, batch_size=32, eval_batches=2,
+        metric_every=6, name="sweep", out_dir=str(tmp_path))
+    out = tmp_path / "sweep"
+    fits, rows = read_csv(out / "fits.csv"), read_csv(out / "results.csv")
+    assert [f["steps"] for f in fits] == ["12", "24"] and all(f["fit_ms"] == "4 8" for f in fits)
+    assert sorted((r["m"], r["steps"]) for r in rows) == [("4", "12"), ("4", "24"), ("8", "12"), ("8", "24")]
+    assert (out / "power_g-1_m8_s24").is_dir()
+    assert max(int(t["step"]) for t in read_csv(out / "trajectory.csv") if t["steps"] == "24") == 24
+
+
+def test_fits_table_records_and_replaces_a_run(tmp_path):
+    table = tmp_path / "toy" / "fits.csv"
+    earlier = dict.fromkeys(TABLE_FIELDS, "") | dict(n="1000", dist="power", alpha="1", gamma="-1", steps="5000",
+                                                      batch="2048", alpha_m="0.87", alpha_m_se="0.06",
+                                                      source="docs/results/toy.md (run dir not kept)")
+    upsert(table, [earlier])
+    kw = dict(n=60, m=[4, 8, 16], steps=12, warmup=2, batch_size=32, eval_batches=2, metric_every=6,
+              out_dir=str(tmp_path), fits_table=str(table))
+    toy(gammas=[-1.0, 1.0], name="a", **kw)
+    rows = read_csv(table)
+    assert list(rows[0]) == TABLE_FIELDS and len(rows) == 3
+    mine = [r for r in rows if r["source"].endswith("a")]
+    assert [r["gamma"] for r in mine] == ["-1", "1"] and mine[0]["fit_range"] == "4 8 16"
+    assert mine[0]["n"] == "60" and mine[0]["steps"] == "12" and mine[0]["warmup"] == "2" and mine[0]["date"]
+    assert all(float(r["ci_low"]) <= float(r["alpha_m"]) <= float(r["ci_high"]) for r in mine)
+    toy(gammas=[-1.0], name="a", **kw)  # the same run again: its rows are replaced, the earlier row stays
+    record(str(tmp_path / "a"), str(table))
+    rows = read_csv(table)
+    assert len(rows) == 2 and [r["alpha_m"] for r in rows if r["n"] == "1000"] == ["0.87"]
+    with pytest.raises(WidthlabError, match="not a toy run"):
+        record(str(tmp_path), str(table))
+
+
+def test_paper_recipe_has_the_papers_settings():
+    import yaml
+    cfg = yaml.safe_load(open("recipes/toy_paper.yaml"))
+    # docs/paper.md §1 (App. B.2, exp/exp-10.py)
+    paper = dict(n=1000, m=[10, 15, 25, 39, 63, 100], distributions=["power"], alpha=1.0, density=1.0, steps=20000,
+                 batch_size=2048, lr=0.01, lr_rule="constant", warmup=2000, min_lr_ratio=0.05, eval_batches=100,
+                 fit_rule="all", loss_scale=1.0)
+    assert {k: cfg[k] for k in paper} == paper
+    widths = torch.floor(torch.exp(torch.linspace(math.log(10), math.log(100), 6))).long().tolist()
+    assert cfg["m"] == widths  # the code's ladder
+    assert cfg["gammas"] == pytest.approx(torch.linspace(-1, 1, 10)[1:4].tolist(), abs=1e-7)  # Fig. 5e's series
 
 
 def test_intervention_on_the_real_gpt():

@@ -10,13 +10,13 @@ features: L_paper = n × mean MSE), the row-norm fractions φ½, φ₁ and the m
 L ∝ m^(−α_m) per (γ, distribution).
 
 The input is sampled sparsely (≈ B·E active entries, not B·n random numbers) and h = Wᵀx is a gather of W's rows;
-the output y and the loss still cover all n features exactly.
+the output y and the loss still cover all n features exactly. What a run writes (config.json, results, fits, the
+φ½/φ₁ trajectory, and the cross-run table docs/results/toy/fits.csv) is described in toy_results.py.
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
+import platform
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from widthlab import WidthlabError
 from widthlab.interventions.signed_decay import signed_row_decay_
 from widthlab.toy_data import DISTRIBUTIONS, densify, frequencies, ideal_weak_loss, lr_at, sample_sparse
+from widthlab.toy_results import git_commit, now, record, write_config, write_run
 
 from widthlab import geometry
 from widthlab.scaling.fit import fit_loglog
@@ -87,6 +88,13 @@ def mean_cos2(W: torch.Tensor) -> float:
     return geometry.mean_cos2(W.detach()) if W.shape[0] >= 2 else float("nan")
 
 
+def geometry_point(W: torch.Tensor) -> dict:
+    """φ½, φ₁ and the mean cos² over all rows and over the rows past norm 1 (NaN if fewer than 2 of them)."""
+    phi_half, phi_one = row_norm_fractions(W)
+    big = W.detach()[W.detach().norm(dim=1) > 1.0]
+    return dict(phi_half=phi_half, phi_one=phi_one, mean_cos2_all=mean_cos2(W), mean_cos2_gt1=mean_cos2(big))
+
+
 # ---------------------------------------------------------------------------------------------------- fitting
 def fit_mask(gamma: float, distribution: str, ms: list[int], rule: str) -> list[bool]:
     """Which m enter the α_m fit. 'all', or 'paper_large' (App. D.1, n = 10240): strong (γ < 0) exponential uses
@@ -112,7 +120,9 @@ def fit_alpha_m(ms: list[int], losses: list[float]) -> dict:
 def train_one(p: torch.Tensor, m: int, gamma: float, steps: int, batch_size: int, lr_w: float, lr_b: float,
               warmup: int, min_lr_ratio: float, eval_batches: int, seed: int, device: str, loss_scale: float = 1.0,
               writer=None, log_every: int = 100, metric_every: int = 1000) -> dict:
-    """Train one toy model on fresh data; returns final loss (paper units, fresh data) and geometry."""
+    """Train one toy model on fresh data; returns the final loss (paper units, fresh data), the final geometry,
+    `train_loss_last100` and `history`: every `metric_every` steps the mean train loss since the previous point,
+    φ½, φ₁ and the overlaps (the convergence record; also TensorBoard scalars if `writer` is given)."""
     n = p.numel()
     g = torch.Generator().manual_seed(seed)
     # the paper's init: rows of norm ≈ 1, b ~ N(0, 1)
@@ -126,6 +136,10 @@ def train_one(p: torch.Tensor, m: int, gamma: float, steps: int, batch_size: int
         rows, feats, vals = sample_sparse(p, batch_size, g)
         return rows.to(device), feats.to(device), vals.to(device)
 
+    # running sums stay on the device: no host sync per step on a GPU
+    window, tail = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device,
+                                                                                    dtype=torch.float64)
+    since, history = 0, []
     for step in range(1, steps + 1):
         scale = lr_at(step, 1.0, steps, warmup, min_lr_ratio)
         for group, peak in zip(opt.param_groups, (lr_w, lr_b)):
@@ -136,11 +150,20 @@ def train_one(p: torch.Tensor, m: int, gamma: float, steps: int, batch_size: int
             W.grad.mul_(loss_scale), b.grad.mul_(loss_scale)
         signed_row_decay_(W.data, lr_w * scale, gamma)  # before the Adam update, with the current lr (adamw.py)
         opt.step()
+        window += loss
+        since += 1
+        if step > steps - 100:  # the paper's code keeps every step's train loss on fresh data; its last 100
+            tail += loss        # batches are 100 × batch size samples, like the final evaluation below
         if writer is not None and (step % log_every == 0 or step == steps):
             writer.add_scalar("train/loss", loss.item() * n, step)
             writer.add_scalar("train/lr", lr_w * scale, step)
-        if writer is not None and (step % metric_every == 0 or step == steps):
-            _log_geometry(writer, W, step)
+        if step % metric_every == 0 or step == steps:
+            point = dict(step=step, train_loss=window.item() / since * n, **geometry_point(W))
+            history.append(point)
+            window.zero_()
+            since = 0
+            if writer is not None:
+                _log_point(writer, point)
 
     with torch.no_grad():  # final loss on fresh data, 100 batches as in the paper's small-model evaluation
         total = 0.0
@@ -148,70 +171,49 @@ def train_one(p: torch.Tensor, m: int, gamma: float, steps: int, batch_size: int
             rows, feats, vals = batch()
             y = forward_sparse(W, b, rows, feats, vals, batch_size)
             total += F.mse_loss(y, densify(rows, feats, vals, batch_size, n)).item()
-    phi_half, phi_one = row_norm_fractions(W)
-    big = W.detach()[W.detach().norm(dim=1) > 1.0]
-    return dict(loss=total / eval_batches * n, phi_half=phi_half, phi_one=phi_one,
-                mean_cos2_all=mean_cos2(W), mean_cos2_gt1=mean_cos2(big))
+    return dict(loss=total / eval_batches * n, train_loss_last100=tail.item() / min(100, steps) * n,
+                **geometry_point(W), history=history)
 
 
-def _log_geometry(writer, W: torch.Tensor, step: int) -> None:
-    phi_half, phi_one = row_norm_fractions(W)
-    writer.add_scalar("geometry/phi_half", phi_half, step)
-    writer.add_scalar("geometry/phi_one", phi_one, step)
-    writer.add_scalar("geometry/mean_cos2", mean_cos2(W), step)
-    big = W.detach()[W.detach().norm(dim=1) > 1.0]
-    if big.shape[0] >= 2:
-        writer.add_scalar("geometry/mean_cos2_gt1", mean_cos2(big), step)
+def _log_point(writer, point: dict) -> None:
+    step = point["step"]
+    writer.add_scalar("train/loss_window", point["train_loss"], step)
+    for key in ("phi_half", "phi_one", "mean_cos2_all", "mean_cos2_gt1"):
+        if not math.isnan(point[key]):  # cos² over rows past norm 1 needs 2 such rows
+            writer.add_scalar(f"geometry/{'mean_cos2' if key == 'mean_cos2_all' else key}", point[key], step)
 
 
-# ---------------------------------------------------------------------------------------------------- results
-ROW_FIELDS = ["gamma", "distribution", "m", "n", "steps", "batch_size", "loss", "ideal_weak_loss", "phi_half",
-              "m_over_n", "phi_one", "mean_cos2_all", "mean_cos2_gt1", "inv_m", "seconds", "ms_per_step"]
-FIT_FIELDS = ["gamma", "distribution", "alpha_m", "se", "ci_low", "ci_high", "r2", "fit_ms"]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # readers never see a half-written table
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def write_results(out: Path, rows: list[dict], fits: list[dict]) -> None:
-    """results.csv (one row per run, then the fits below a blank line) and results.md (both tables)."""
-    import io
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    _atomic_write(out / "results.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIT_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(fits)
-    _atomic_write(out / "fits.csv", buf.getvalue())
-
-    def table(fields, data):
-        lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-        lines += ["| " + " | ".join(_fmt(d.get(f, "")) for f in fields) + " |" for d in data]
-        return "\n".join(lines)
-    md = (f"# Toy model results ({out.name})\n\nLoss in paper units (sum over the n features = n × mean MSE), on "
-          f"fresh data after training.\n\n{table(ROW_FIELDS, rows)}\n\n## α_m (L ∝ m^-α_m; se = OLS standard error)"
-          f"\n\n{table(FIT_FIELDS, fits)}\n")
-    _atomic_write(out / "results.md", md)
+def check_device(device: str) -> None:
+    """A device this torch can use, or one line saying why not (torch itself raises an AssertionError traceback
+    for cuda on a CPU-only build, and a late RuntimeError for a missing index)."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise WidthlabError(f"device {device!r} is not a torch device; use cpu or cuda[:index]") from None
+    if d.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise WidthlabError(f"device {device!r}: no CUDA GPU is visible (torch {torch.__version__}, {build}); "
+                                f"use --device cpu")
+        if d.index is not None and d.index >= count:
+            raise WidthlabError(f"device {device!r}: only {count} CUDA device(s) visible, cuda:0…cuda:{count - 1}")
+    elif d.type != "cpu":
+        try:
+            torch.zeros(1, device=d)
+        except (RuntimeError, AssertionError) as e:
+            raise WidthlabError(f"device {device!r} is not usable here ({str(e).splitlines()[0]}); use --device cpu"
+                                ) from None
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[float] = [-1.0, 1.0],
         distributions: list[str] = ["power"], alpha: float = 1.0, exp_scale: float = 400.0, density: float = 1.0,
-        steps: int = 20000, batch_size: int = 2048, lr: float = 1e-2, lr_rule: str = "constant",
-        warmup: float = 2000, min_lr_ratio: float = 0.05, eval_batches: int = 100, fit_rule: str = "all",
-        loss_scale: float = 1.0,
-        seed: int = 0, name: str = "toy", out_dir: str = "runs/toy", device: str = "cpu", threads: int = 1,
-        log_every: int = 100, metric_every: int = 1000) -> None:
+        steps: int = 20000, steps_list: list[int] | None = None, batch_size: int = 2048, lr: float = 1e-2,
+        lr_rule: str = "constant", warmup: float = 2000, min_lr_ratio: float = 0.05, eval_batches: int = 100,
+        fit_rule: str = "all", loss_scale: float = 1.0, seed: int = 0, name: str = "toy", out_dir: str = "runs/toy",
+        fits_table: str | None = None, device: str = "cpu", threads: int = 1, log_every: int = 100,
+        metric_every: int = 1000) -> None:
     """Train the toy model of superposition over a ladder of widths and fit the width exponent α_m.
 
     Args:
@@ -223,10 +225,12 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
         exp_scale: decay scale s of the exponential law p_i ∝ exp(-i/s) (400 = the large model's `exponential1`).
         density: activation density E = Σ p_i, the expected number of active features per sample.
         steps: optimizer steps per model (fresh batch each step).
+        steps_list: a convergence check: train the whole ladder once per length in this list, each with its own
+            full schedule (replaces `steps`; one α_m per length). Give `warmup` as a fraction, e.g. 0.1.
         batch_size: samples per step.
         lr: peak learning rate of W (and of b under lr_rule=constant).
         lr_rule: constant (small models: lr for W and b), or paper_large (lr_W = lr·(8/m)^0.25, lr_b = 2/m).
-        warmup: linear warm-up, in steps if ≥ 1, else as a fraction of `steps` (large models: 0.05).
+        warmup: linear warm-up, in steps if ≥ 1, else as a fraction of the steps (large models: 0.05).
         min_lr_ratio: the cosine schedule ends at this fraction of the peak.
         eval_batches: fresh batches for the final loss (the paper: 100 × batch size).
         loss_scale: gradient multiplier (the large-model code backpropagates 100 × loss; with n = 10240 the mean-MSE
@@ -235,15 +239,23 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
         seed: seed of init and data (the same for every width, so the ladder is comparable).
         name: run name; TensorBoard events and results go to out_dir/name.
         out_dir: root of toy runs.
+        fits_table: also put every fitted curve into this cross-run CSV (e.g. docs/results/toy/fits.csv), replacing
+            this run's earlier rows there; `python -m widthlab.toy_results RUN_DIR` does the same afterwards.
         device: torch device (cpu or cuda).
         threads: torch CPU threads (1 on the shared 2-core box).
         log_every: steps between loss logs.
-        metric_every: steps between geometry logs.
+        metric_every: steps between points of the convergence record (trajectory.csv and the TensorBoard
+            geometry/phi_half, geometry/phi_one, geometry/mean_cos2 scalars).
     """
-    if steps < 1 or batch_size < 1 or eval_batches < 1:
-        raise WidthlabError(f"steps, batch_size, eval_batches must be ≥ 1 (got {steps}, {batch_size}, {eval_batches})")
+    settings = dict(locals())  # the arguments, archived in config.json before anything else is defined
+    lengths = list(steps_list) if steps_list is not None else [steps]
+    if not lengths or min(lengths) < 1 or batch_size < 1 or eval_batches < 1 or metric_every < 1:
+        raise WidthlabError(f"steps (every entry of steps_list), batch_size, eval_batches, metric_every must be ≥ 1 "
+                            f"(got {lengths}, {batch_size}, {eval_batches}, {metric_every})")
     if not m or any(k < 1 or k >= n for k in m):
         raise WidthlabError(f"every width in m must satisfy 1 ≤ m < n = {n}; got {m}")
+    if not gammas:
+        raise WidthlabError("gammas is empty; give at least one γ, e.g. --gammas '[-1.0]' (< 0 strong, > 0 weak)")
     bad = [d for d in distributions if d not in DISTRIBUTIONS]
     if bad or not distributions:
         raise WidthlabError(f"unknown distribution(s) {bad}; use any of {list(DISTRIBUTIONS)}")
@@ -251,40 +263,51 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
         raise WidthlabError(f"lr_rule/fit_rule must be constant|paper_large and all|paper_large; got {lr_rule}, {fit_rule}")
     if not warmup > 0:
         raise WidthlabError(f"warmup must be > 0 (steps, or a fraction of steps if < 1); got {warmup}")
+    if warmup >= 1 and warmup >= min(lengths):
+        raise WidthlabError(f"warmup of {warmup:g} steps does not end before {min(lengths)} steps; shorten it or give "
+                            f"it as a fraction (e.g. --warmup 0.1)")
+    check_device(device)
     from torch.utils.tensorboard import SummaryWriter
 
     torch.set_num_threads(threads)
     out = Path(out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
-    warm = int(round(warmup * steps)) if warmup < 1 else int(warmup)
+    write_config(out, settings, dict(git_commit=git_commit(), torch=torch.__version__, started=now(),
+                                     device_name=torch.cuda.get_device_name(device) if device.startswith("cuda")
+                                     else platform.processor() or "cpu"))
     ms = sorted(m)
-    rows, fits = [], []
+    rows, fits, trajectory = [], [], []
     for dist in distributions:
         p = frequencies(n, dist, alpha, density, exp_scale)
         for gamma in gammas:
-            for width in ms:
-                lr_w, lr_b = (lr, lr) if lr_rule == "constant" else (lr * (8 / width) ** 0.25, 2.0 / width)
-                tag = f"{dist}_g{gamma:+g}_m{width}"
-                t0 = time.time()
-                with SummaryWriter(str(out / tag)) as writer:
-                    res = train_one(p, width, gamma, steps, batch_size, lr_w, lr_b, warm, min_lr_ratio,
-                                    eval_batches, seed, device, loss_scale, writer, log_every,
-                                    metric_every)
-                    writer.add_scalar("final/loss", res["loss"], steps)
-                sec = time.time() - t0
-                rows.append(dict(gamma=gamma, distribution=dist, m=width, n=n, steps=steps, batch_size=batch_size,
-                                 ideal_weak_loss=ideal_weak_loss(p, width), m_over_n=width / n, inv_m=1 / width,
-                                 seconds=round(sec, 1), ms_per_step=round(1000 * sec / steps, 2), **res))
-                print(f"[toy {name}] {tag}: loss {res['loss']:.4g}  phi_half {res['phi_half']:.3f}  "
-                      f"phi_one {res['phi_one']:.3f}  cos2 {res['mean_cos2_all']:.4f}  ({sec:.0f}s)", flush=True)
-                write_results(out, rows, fits)
-            mask = fit_mask(gamma, dist, ms, fit_rule)
-            used = [k for k, keep in zip(ms, mask) if keep]
-            if len(used) >= 2:
-                losses = [r["loss"] for r in rows if r["gamma"] == gamma and r["distribution"] == dist
-                          and r["m"] in used]
-                fits.append(dict(gamma=gamma, distribution=dist, fit_ms=" ".join(map(str, used)),
-                                 **fit_alpha_m(used, losses)))
-                write_results(out, rows, fits)
+            for total in lengths:
+                warm = int(round(warmup * total)) if warmup < 1 else int(warmup)
+                for width in ms:
+                    lr_w, lr_b = (lr, lr) if lr_rule == "constant" else (lr * (8 / width) ** 0.25, 2.0 / width)
+                    tag = f"{dist}_g{gamma:+g}_m{width}" + (f"_s{total}" if steps_list is not None else "")
+                    t0 = time.time()
+                    with SummaryWriter(str(out / tag)) as writer:
+                        res = train_one(p, width, gamma, total, batch_size, lr_w, lr_b, warm, min_lr_ratio,
+                                        eval_batches, seed, device, loss_scale, writer, log_every, metric_every)
+                        writer.add_scalar("final/loss", res["loss"], total)
+                    sec = time.time() - t0
+                    key = dict(gamma=gamma, distribution=dist, m=width, steps=total)
+                    trajectory += [dict(key, **point) for point in res.pop("history")]
+                    rows.append(dict(key, n=n, batch_size=batch_size, ideal_weak_loss=ideal_weak_loss(p, width),
+                                     m_over_n=width / n, inv_m=1 / width, seconds=round(sec, 1),
+                                     ms_per_step=round(1000 * sec / total, 2), **res))
+                    print(f"[toy {name}] {tag}: loss {res['loss']:.4g}  phi_half {res['phi_half']:.3f}  "
+                          f"phi_one {res['phi_one']:.3f}  cos2 {res['mean_cos2_all']:.4f}  ({sec:.0f}s)", flush=True)
+                    write_run(out, rows, fits, trajectory)
+                used = [k for k, keep in zip(ms, fit_mask(gamma, dist, ms, fit_rule)) if keep]
+                if len(used) >= 2:
+                    losses = [r["loss"] for r in rows if r["gamma"] == gamma and r["distribution"] == dist
+                              and r["steps"] == total and r["m"] in used]
+                    fits.append(dict(gamma=gamma, distribution=dist, steps=total, fit_ms=" ".join(map(str, used)),
+                                     **fit_alpha_m(used, losses)))
+                    write_run(out, rows, fits, trajectory)
+                    if fits_table:
+                        record(str(out), fits_table)
     for f in fits:
-        print(f"[toy {name}] alpha_m({f['distribution']}, gamma={f['gamma']:+g}) = {f['alpha_m']:.3f} ± {f['se']:.3f}")
+        print(f"[toy {name}] alpha_m({f['distribution']}, gamma={f['gamma']:+g}, steps={f['steps']}) = "
+              f"{f['alpha_m']:.3f} ± {f['se']:.3f}")
