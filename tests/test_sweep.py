@@ -87,6 +87,8 @@ def test_killed_sweep_resumes_and_keeps_one_row_per_run(swept):
     ([], {}, "no widths"),
     ([32, 64, 32], {}, "duplicate widths"),
     ([32, 48], {}, r"widths \[48\] are not multiples of head_dim=32"),
+    ([32], {"a/b": {}, "ok": {}}, r"arm names \['a/b'\] are not safe directory names"),
+    ([32], {"..": {}}, r"arm names \['\.\.'\] are not safe"),
     ([32, 64], {"baseline": {}, "typo": {"model.no_such_knob": 1}}, "arm 'typo'"),
     ([32, 64], {"bad_iv": {"model.interventions": [{"class_path": "widthlab.interventions.NoSuchIdea"}]}},
      "arm 'bad_iv'"),

@@ -11,6 +11,10 @@ and config.yaml are copied to `<archive>/runs/<arm>/d<width>/s<seed>/` and `<arc
 committing the archive commits the results. On a fresh clone (no runs/), every archived point counts as finished
 and the sweep runs only what is missing. An archived point must have been trained with the settings this sweep
 would use (see `run_settings`), or the sweep refuses to start.
+
+`--launcher slurm` hands each point to SLURM through submitit instead (one job per point, one job array per call,
+requeued after pre-emption; `submitit-local` runs the same jobs on this machine): widthlab.launchers. The points,
+their commands, the resume and the results collection are the same as here.
 """
 from __future__ import annotations
 
@@ -18,16 +22,16 @@ import contextlib
 import csv
 import glob
 import io
+import itertools
 import json
 import os
-import shutil
-import subprocess
-import sys
+import queue
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -35,6 +39,7 @@ from widthlab import WidthlabError
 from widthlab.tb_views import write_sweep_layout
 from widthlab.archive import archive_dir, copy_run, run_settings, settings_differ
 from widthlab.callbacks.run_info import write_json_atomic
+from widthlab.launchers import ClusterOptions, check_engine, run_jobs, start_fit
 
 
 @dataclass
@@ -64,6 +69,12 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
     with open(recipe) as f:
         base = yaml.safe_load(f) or {}
     arms = arms or {"baseline": {}}
+    # An arm is a directory name (runs/<sweep>/<arm>/...) and a TensorBoard run-name filter; <sweep>/submitit/
+    # holds the job logs of the submitit launchers.
+    bad = [a for a in arms if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(a)) or a == "submitit"]
+    if bad:
+        raise WidthlabError(f"arm names {bad} are not safe directory names; use letters, digits, '_', '-' or '.' "
+                            "(starting with a letter or digit; 'submitit' is taken by the job logs)")
     for arm, ov in arms.items():
         head_dim = {**overrides, **(ov or {})}.get("model.head_dim", base.get("model", {}).get("head_dim", 32))
         bad = [w for w in widths if w % head_dim]
@@ -213,28 +224,18 @@ def write_results(root: str, rows: list[dict]) -> str:
     return path
 
 
-def _run_one(p: Point, device: int | None, threads: int | None = None) -> int:
-    last = os.path.join(p.run_dir, "checkpoints", "last.ckpt")
-    args = list(p.args)
-    if os.path.exists(last):
-        args += ["--ckpt_path", "last"]  # interrupted: continue exactly where it stopped
-    elif os.path.isdir(p.run_dir):
-        shutil.rmtree(p.run_dir)  # started but never checkpointed: nothing worth keeping
-    os.makedirs(p.run_dir, exist_ok=True)
-    env = dict(os.environ)
-    if device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(device)
-    if threads is not None:  # parallel CPU runs share the cores instead of each spinning up all of them
-        env["OMP_NUM_THREADS"] = str(threads)
-    with open(os.path.join(p.run_dir, "stdout.log"), "a") as log:
-        return subprocess.run([sys.executable, "-m", "train", *args], env=env, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
+def _run_one(p: Point, env: dict[str, str]) -> int:
+    """The point's fit in a subprocess (resumed from last.ckpt if interrupted); its exit status."""
+    proc = start_fit(p.run_dir, p.args, env)
+    return 0 if proc is None else proc.wait()
 
 
 def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[str, dict] | None = None,
           overrides: dict | None = None, name: str = "sweep", out_dir: str = "runs",
           dry_run: bool = False, devices: int | None = None, coord_check: bool = False,
-          only: list[str] | None = None, archive: str | None = None, compare: dict | None = None) -> str:
+          only: list[str] | None = None, archive: str | None = None, compare: dict | None = None,
+          launcher: Literal["local", "submitit-local", "slurm"] = "local", cluster: ClusterOptions | None = None,
+          wait: bool = True) -> str:
     """Run a fit recipe at every width × arm × seed; resumable, and with `archive` resumable on another machine.
 
     Args:
@@ -261,6 +262,13 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
             to widthlab since) is read at its default and not compared.
         compare: defaults for `python -m train compare` on this sweep (e.g. {loss: val_loss_best, min_width: 16}),
             written with the sweep's parameters to <sweep>/sweep.json (and <archive>/sweep.json)
+        launcher: local: subprocesses on this machine (`devices` at once); slurm: one SLURM job per point through
+            submitit (pip install 'widthlab[cluster]'), requeued after pre-emption; submitit-local: the same jobs
+            as processes here, to try a cluster sweep without a cluster. Job logs: <sweep>/submitit/
+        cluster: the jobs' resources for slurm/submitit-local (partition, account, gpus_per_run, time_min, ...;
+            see widthlab.launchers.ClusterOptions)
+        wait: wait for the jobs and collect them; false: submit and return (slurm/submitit-local), and a later
+            call of the same sweep waits for the jobs still queued or running, without submitting them again
 
     Returns:
         the path of results.csv
@@ -273,10 +281,19 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
             raise WidthlabError(f"--only names unknown arms {unknown}; the sweep's arms are "
                                 f"{list(dict.fromkeys(p.arm for p in points))}")
     run_points = [p for p in points if only is None or p.arm in only]
+    if launcher == "local" and (cluster is not None or not wait):
+        raise WidthlabError("cluster: options and --wait false are for --launcher slurm or submitit-local; set "
+                            "launcher: slurm in the sweep recipe, or drop them (--cluster null) to run here")
     if dry_run:
         for p in run_points:
             print("python -m train " + " ".join(p.args))
+        if launcher != "local":
+            o = cluster or ClusterOptions()
+            print(f"{launcher}: one job per point, {o.gpus_per_run} GPU(s), {o.time_min} min each"
+                  + (f", partition {o.partition}" if o.partition else ""))
         return os.path.join(root, "results.csv")
+    if launcher != "local":
+        check_engine(launcher)
     configs = validate(run_points)
     n_archived = check_archive(archive, run_points, configs) if archive is not None else 0
     os.makedirs(root, exist_ok=True)
@@ -316,32 +333,60 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
           + (f" ({n_archived} in the archive {archive})" if archive is not None else ""), flush=True)
     import torch
 
-    n_dev = devices or max(1, torch.cuda.device_count())
+    n_gpu = torch.cuda.device_count()
+    n_dev = devices or max(1, n_gpu)
     failed: list[str] = []
+    done = itertools.count(1)
 
-    def work(i_p):
-        i, p = i_p
-        t = time.time()
-        cpu_threads = max(1, (os.cpu_count() or 1) // n_dev) if not torch.cuda.is_available() and n_dev > 1 else None
-        rc = _run_one(p, i % n_dev if torch.cuda.device_count() > 1 else None, cpu_threads)
+    def env_for(slot: int) -> dict[str, str]:
+        """The environment of the runs in parallel slot `slot`: its GPU, or its share of the CPU cores (parallel
+        CPU runs share the cores instead of each spinning up all of them)."""
+        if n_gpu > 1:
+            return {"CUDA_VISIBLE_DEVICES": str(slot % n_gpu)}
+        if n_gpu == 0 and n_dev > 1:
+            return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n_dev))}
+        return {}
+
+    def finish(p: Point, t0: float, why: str | None, logs: str) -> None:
+        """A point's run has ended, one way or another: record it, and say how it went."""
         record([p])
-        status = "done" if rc == 0 else f"FAILED (exit {rc}, see {p.run_dir}/stdout.log)"
-        if rc:
+        m = _metrics(p.run_dir)
+        status = "done"
+        if not m:  # whatever the exit status said, a run without metrics.json did not finish
             failed.append(p.run_dir)
-        elif (m := _metrics(p.run_dir)).get("status") == "diverged":  # a result, recorded as such: go on
+            status = f"FAILED ({why or 'no metrics.json'}, see {logs})"
+        elif m.get("status") == "diverged":  # a result, recorded as such: go on
             status = f"diverged at step {m.get('diverged_step')}"
-        print(f"[{i + 1}/{len(todo)}] {p.arm} d={p.width} seed={p.seed}: {status} in {time.time() - t:.0f}s",
+        print(f"[{next(done)}/{len(todo)}] {p.arm} d={p.width} seed={p.seed}: {status} in {time.time() - t0:.0f}s",
               flush=True)
 
-    with ThreadPoolExecutor(max_workers=n_dev) as ex:
-        list(ex.map(work, enumerate(todo)))
+    pending = 0
+    if launcher == "local":
+        slots: queue.Queue[int] = queue.Queue()
+        for s in range(n_dev):
+            slots.put(s)
+
+        def work(p: Point) -> None:
+            slot, t0 = slots.get(), time.time()  # a free slot, so two runs never share a GPU
+            try:
+                rc = _run_one(p, env_for(slot))
+            finally:
+                slots.put(slot)
+            finish(p, t0, f"exit {rc}", f"{p.run_dir}/stdout.log")
+
+        with ThreadPoolExecutor(max_workers=n_dev) as ex:
+            list(ex.map(work, todo))
+    else:
+        pending = run_jobs(todo, root=root, engine=launcher, options=cluster or ClusterOptions(), wait=wait,
+                           parallel=n_dev, env_for=env_for, finish=finish, name=name)
     path = record([])
     # One chart per metric with every run of the sweep in it (TensorBoard's CUSTOM SCALARS tab).
     write_sweep_layout(root, list(dict.fromkeys(p.arm for p in points)))
     if failed:
         raise WidthlabError(f"{len(failed)} run(s) failed, e.g. {failed[0]}; read its stdout.log, fix, and re-run "
                             "the same sweep command to resume")
-    print(f"results: {path}" + (f" (archived in {archive}: commit it)" if archive is not None else "")
+    print(f"results{' so far' if pending else ''}: {path}"
+          + (f" (archived in {archive}: commit it)" if archive is not None else "")
           + f"\nnext: python -m train compare {root}")
     return path
 
