@@ -201,7 +201,11 @@ def _crossings(f, grid: np.ndarray, best: float, level: float, lo_open_val: floa
             continue
         j = idx[0]
         inner = best if j == 0 else xs[j - 1]
-        root = optimize.brentq(lambda t: f(t) - level, min(inner, xs[j]), max(inner, xs[j]), xtol=1e-10)
+        fi = f(inner) - level
+        if fi < 0:
+            root = optimize.brentq(lambda t: f(t) - level, min(inner, xs[j]), max(inner, xs[j]), xtol=1e-10)
+        else:  # the inner profile search landed a hair above the level: the grid point is the end
+            root = xs[j]
         out.append((float(root), False))
     return ProfileCI(out[0][0], out[1][0], out[0][1], out[1][1])
 

@@ -113,7 +113,8 @@ def estimates(d: Design, means: dict, interpolate: bool = True) -> dict[str, flo
                 ks[f"k_{name}"] = float(shifted_equivalent(c, cost[(b, w)], dL)) / cost[(a, w)] if ok else np.nan
             for key, v in ks.items():
                 out[f"{key}/{a}/{int(w)}"] = v
-                per.setdefault(a, {}).setdefault(key, []).append(v)
+                if has_b:  # a width the baseline was not run at has no Δ: left out of the summary, not NaN
+                    per.setdefault(a, {}).setdefault(key, []).append(v)
     for a, ks in per.items():
         for key, vs in ks.items():
             out[f"{'k' if key == 'k_m' else key}/{a}"] = geomean(vs)
@@ -144,28 +145,51 @@ def _interpolated(d: Design, means: dict, out: dict) -> None:
 
 @dataclass
 class Noise:
-    """Where one arm's bootstrap noise comes from. residuals are scaled so that their mean square is s²."""
-    kind: str              # "seeds" | "paired" | "model residuals" | "none"
-    residuals: np.ndarray  # run-level (seeds, paired) or cell-level (model residuals)
+    """Where one arm's bootstrap noise comes from. Pools are scaled so that their mean square is the variance.
+
+    When the same seeds recur at several widths, a seed's effect (its initialisation and data order) is shared by
+    all of them, so the within-cell residuals split into a seed block (one shift per seed, the same at every
+    width, on S − 1 dof) and a seed × width part (on the remaining dof). A draw then moves all widths of a seed
+    together, and the averaging over widths that a summary does cannot shrink the seed part away."""
+    kind: str              # "seeds" | "paired" | "borrowed" | "model residuals" | "none"
+    residuals: np.ndarray  # per-run (seed × width) or cell-level (model residuals)
     dof: int
-    s2: float              # variance of one run (or of one paired difference), nats²
+    s2: float              # variance of one run's seed × width part (or of one paired difference), nats²
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(0))  # seed-block pool (empty: none)
+    shift_dof: int = 0
 
     @staticmethod
-    def from_residuals(kind: str, r: list[float], dof: int) -> "Noise":
+    def from_residuals(kind: str, r: list[float], dof: int, shift: list[float] | None = None,
+                       shift_dof: int = 0) -> "Noise":
         r = np.asarray(r, float)
         if dof < 1 or r.size == 0 or not np.any(r != 0):
             return Noise("none", np.zeros(1), 0, float("nan"))
         s2 = float((r ** 2).sum() / dof)
-        return Noise(kind, r * np.sqrt(r.size / dof), dof, s2)
+        u = np.asarray(shift if shift is not None and shift_dof >= 1 else [], float)
+        if u.size:
+            u = u * np.sqrt(u.size / shift_dof)
+        return Noise(kind, r * np.sqrt(r.size / dof), dof, s2, u, shift_dof if u.size else 0)
 
 
-def _within(groups: list[np.ndarray]) -> tuple[list[float], int]:
-    r, dof = [], 0
-    for g in groups:
-        if len(g) > 1:
-            r += list(g - g.mean())
-            dof += len(g) - 1
-    return r, dof
+def two_way(table: dict[float, dict[int, float]]) -> tuple[list[float], int, list[float], int]:
+    """Within-cell residuals of {width: {seed: value}}, split into seed × width residuals (and their dof) and the
+    seed-block effects (one per seed seen in ≥ 2 replicated cells, and their dof S − 1). A seed seen once keeps its
+    whole residual in the seed × width part. Balanced designs give the two-way ANOVA's split exactly."""
+    cells = {w: v for w, v in table.items() if len(v) > 1}
+    res = {w: {s: x - np.mean(list(v.values())) for s, x in v.items()} for w, v in cells.items()}
+    total = sum(len(v) - 1 for v in cells.values())
+    seen: dict[int, list[float]] = {}
+    for v in res.values():
+        for s_, x in v.items():
+            seen.setdefault(s_, []).append(x)
+    u = {s_: float(np.mean(xs)) for s_, xs in seen.items() if len(xs) >= 2}
+    if len(u) < 2:
+        return [x for v in res.values() for x in v.values()], total, [], 0
+    inter = [x - u.get(s_, 0.0) for v in res.values() for s_, x in v.items()]
+    block_dof = len(u) - 1
+    # the per-seed shift pool: the seed effects scaled so that one draw has the variance of a seed mean
+    # of W residuals (σ_seed² + σ_run²/W, slightly conservative)
+    return inter, total - block_dof, list(u.values()), block_dof
 
 
 def noise_model(d: Design, min_dof: int = 2) -> dict[str, Noise]:
@@ -175,17 +199,17 @@ def noise_model(d: Design, min_dof: int = 2) -> dict[str, Noise]:
     means = d.means()
     joint = None
     for a in d.arms:
-        own = _within([np.array(list(s.values())) for (a_, _), s in d.cells.items() if a_ == a])
-        paired: list[np.ndarray] = []
+        own = two_way({w: d.cells[(a, w)] for w in d.widths(a)})
+        pr: tuple = ([], 0, [], 0)
         if a != b:
+            diffs = {}
             for w in d.widths(a):
                 sa, sb = d.cells[(a, w)], d.cells.get((b, w), {})
-                shared = sorted(set(sa) & set(sb))
-                paired.append(np.array([sa[s] - sb[s] for s in shared]))
-        pr = _within(paired)
-        if a != b and pr[1] >= min_dof:
+                diffs[w] = {s_: sa[s_] - sb[s_] for s_ in set(sa) & set(sb)}
+            pr = two_way(diffs)
+        if a != b and pr[1] + pr[3] >= min_dof:
             out[a] = Noise.from_residuals("paired", *pr)
-        elif own[1] >= min_dof:
+        elif own[1] + own[3] >= min_dof:
             out[a] = Noise.from_residuals("seeds", *own)
         else:  # too few seeds: the cell means' scatter about a fitted curve, which includes any lack of fit
             ws = d.widths(a)
@@ -196,6 +220,11 @@ def noise_model(d: Design, min_dof: int = 2) -> dict[str, Noise]:
                 joint = joint or _joint_fit(d, means)
                 r, dof = [means[(a, w)] - float(joint.predict(w, a)) for w in ws], len(ws) - 1
             out[a] = Noise.from_residuals("model residuals", r, dof)
+            if out[a].kind == "none" and a != b and out[b].kind in ("seeds", "paired") and out[b].dof >= 1:
+                # one run at one or two widths: no variance of its own to estimate, so the baseline's seed
+                # variance stands in for it (labelled "borrowed"), rather than no noise at all
+                nb = out[b]
+                out[a] = Noise("borrowed", nb.residuals, nb.dof, nb.s2, nb.shift, nb.shift_dof)
     return out
 
 
@@ -230,27 +259,47 @@ def draw_means(d: Design, noise: dict[str, Noise], rng: np.random.Generator,
     b = d.baseline
     level = levels(d, noise) if level is None else level
     g = {a: (np.sqrt(n.dof / rng.chisquare(n.dof)) if n.dof > 0 else 0.0) for a, n in noise.items()}
+    shifts: dict[str, dict[int, float]] = {}  # per source, one shift per seed for this draw (all widths share it)
 
-    def run_noise(a: str, k: int) -> float:
-        """Mean of k runs' noise for arm a (cell-level residuals move the whole cell)."""
+    def run_noise(a: str, seeds: list[int]) -> float:
+        """Mean noise of these seeds' runs for arm a (cell-level residuals move the whole cell)."""
         n = noise[a]
         if n.kind == "none":
             return 0.0
         if n.kind == "model residuals":
             return float(g[a] * rng.choice(n.residuals))
-        return float(g[a] * rng.choice(n.residuals, k).mean())
+        e = g[a] * rng.choice(n.residuals, len(seeds))
+        if n.shift.size:
+            if a not in shifts:
+                shifts[a] = {"g": np.sqrt(n.shift_dof / rng.chisquare(n.shift_dof))}
+            sh = shifts[a]
+            for s_ in seeds:
+                if s_ not in sh:
+                    sh[s_] = sh["g"] * rng.choice(n.shift)
+            e = e + np.array([sh[s_] for s_ in seeds])
+        return float(e.mean())
 
-    out = {c: level[c] + run_noise(b, len(seeds)) for c, seeds in d.cells.items() if c[0] == b}
-    for (a, w), seeds in d.cells.items():
+    out, base_draw = {}, {}
+    for (a, w), cell in d.cells.items():  # the baseline first: paired arms reuse its per-seed draws
+        if a != b:
+            continue
+        if noise[b].kind == "model residuals":  # cell-level: every seed of the cell moves together
+            shift = g[b] * rng.choice(noise[b].residuals)
+            base_draw[w] = {s_: shift for s_ in cell}
+        else:
+            base_draw[w] = {s_: run_noise(b, [s_]) for s_ in cell}
+        out[(a, w)] = level[(a, w)] + float(np.mean(list(base_draw[w].values())))
+    for (a, w), cell in d.cells.items():
         if a == b:
             continue
+        seeds = list(cell)
         shared = _shared(d, a, w) if noise[a].kind == "paired" else []
         if shared:  # baseline's draw + the paired difference's own noise: seed and data-order noise cancel
-            out[(a, w)] = out[(b, w)] + (level[(a, w)] - level[(b, w)]) + run_noise(a, len(shared))
+            out[(a, w)] = out[(b, w)] + (level[(a, w)] - level[(b, w)]) + run_noise(a, shared)
         elif noise[a].kind == "paired":  # no seed in common here: a baseline-like run plus a difference
-            out[(a, w)] = level[(a, w)] + run_noise(b, len(seeds)) + run_noise(a, len(seeds))
+            out[(a, w)] = level[(a, w)] + run_noise(b, seeds) + run_noise(a, seeds)
         else:
-            out[(a, w)] = level[(a, w)] + run_noise(a, len(seeds))
+            out[(a, w)] = level[(a, w)] + run_noise(a, seeds)
     return out
 
 
@@ -279,7 +328,19 @@ def bootstrap(d: Design, n_boot: int = 1000, ci: float = 0.95, seed: int = 0, in
         except (ValueError, np.linalg.LinAlgError):
             continue  # counted by n_ok
     samples = {k: np.array([x.get(k, np.nan) for x in draws]) for k in est}
-    return Bootstrap(est, {k: percentile(v, ci) for k, v in samples.items()}, samples, noise, len(draws), level)
+    cis = {k: percentile(v, ci) for k, v in samples.items()}
+    # No noise estimate at all (one run, no seeds, nothing to borrow): a zero-width interval would read as
+    # certainty, so such an arm's intervals are NaN.
+    quiet = [a for a, n in noise.items() if n.kind == "none"]
+    if noise[d.baseline].kind == "none":
+        quiet = list(noise)
+    for k in cis:
+        parts = k.split("/")
+        if len(parts) >= 2 and parts[1] in quiet and parts[1] != d.baseline:
+            cis[k] = (np.nan, np.nan)
+        elif noise[d.baseline].kind == "none" and k in ("alpha", "A", "E") or k.startswith("fit"):
+            cis[k] = cis[k] if noise[d.baseline].kind != "none" else (np.nan, np.nan)
+    return Bootstrap(est, cis, samples, noise, len(draws), level)
 
 
 def percentile(s: np.ndarray, ci: float) -> tuple[float, float]:

@@ -64,7 +64,7 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
     lines += ["", "## Verdict", "",
               "Per arm, at equal parameters (k_N) and at equal training FLOPs (k_C): *beats* / *loses to* when the "
               "summary multiplier differs from 1 with a Holm-adjusted bootstrap p < 0.05 over the arms, else "
-              "*matches* (no detectable difference). Only given when the baseline's curve passes its checks.", ""]
+              "*is not distinguishable from* it (not an equivalence claim: read the interval, which is unadjusted). Only given when the baseline's curve passes its checks.", ""]
     lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     return "\n".join(lines) + "\n"
@@ -85,6 +85,9 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
                       else ""))
     else:
         out.append("- lack of fit: not testable (needs seeds in the baseline's cells and more widths than 3)")
+    if c.get("levene_p") == c.get("levene_p") and c.get("levene_p") is not None and c["levene_p"] < 0.05:
+        out.append(f"- **seed noise differs between widths** (Levene p = {c['levene_p']:.2g}): the pooled variance "
+                   "understates the noise at the noisiest widths, so their per-width intervals are too narrow")
     if conv["checked"]:
         out.append(f"- convergence: refitted on the losses at 60 % of training, α = {conv['alpha']:.3f}, E = "
                    f"{conv['E']:.3f} ({'inside' if conv['inside'] else '**outside**'} α's interval)")

@@ -18,7 +18,9 @@ import numpy as np
 from widthlab import WidthlabError
 from widthlab.scaling import plots
 from widthlab.scaling.fit import fit_curve, fit_loglog, fit_scaling, lack_of_fit, profile_ci, pure_error
-from widthlab.scaling.inference import Design, boot_p, bootstrap, compare_cell, holm
+from scipy import stats
+
+from widthlab.scaling.inference import Design, boot_p, bootstrap, compare_cell, holm, two_way
 from widthlab.scaling.markdown import interp_line, markdown
 from widthlab.scaling.runs import check_recipe, flag_limited, load_runs, loss_at_fraction, sweep_defaults
 
@@ -161,13 +163,25 @@ def _curve_checks(d: Design, fit_runs: list[dict], loss: str) -> dict:
     n = np.array([len(d.cells[(b, w)]) for w in ws], float)
     c = fit_curve(ws, y, n)
     ss, nu = pure_error([list(d.cells[(b, w)].values()) for w in ws])
-    if nu >= 2:
+    inter, nu_int, _, nu_seed = two_way({w: d.cells[(b, w)] for w in ws})
+    if nu_seed >= 1 and nu_int >= 2:
+        # Seeds recur across widths: a seed's shared offset moves every cell mean alike and is absorbed by E, so
+        # the shape (α) and the lack of fit are judged against the seed × width variance only; E's interval keeps
+        # the whole seed variance (referee finding: with the pooled variance the lack-of-fit test had no power).
+        s2, dof = float(np.sum(np.square(inter)) / nu_int), nu_int
+        source = f"seed × width variance ({nu_int} dof; {nu_seed + 1} seeds recur across widths)"
+    elif nu >= 2:
         s2, dof, source = ss / nu, nu, f"seed variance ({nu} dof)"
     else:
         s2, dof = (c.rss / (len(ws) - 3), len(ws) - 3) if len(ws) > 3 else (math.nan, 0)
         source = f"residual mean square ({dof} dof; no seed replicates, so lack of fit cannot be tested)"
     prof = profile_ci(ws, y, n, s2, dof, CI)
-    lof = lack_of_fit(c.rss, len(ws), 3, ss / nu if nu else math.nan, nu)
+    if nu >= 2 and nu_seed >= 1:
+        prof["E"] = profile_ci(ws, y, n, ss / nu, nu, CI)["E"]
+    lof = lack_of_fit(c.rss, len(ws), 3, s2 if nu >= 2 else math.nan, dof if nu >= 2 else 0)
+    groups = [list(d.cells[(b, w)].values()) for w in ws if len(d.cells[(b, w)]) >= 2]
+    hetero = float(stats.levene(*groups).pvalue) if len(groups) >= 2 and all(len(g) >= 2 for g in groups) \
+        and np.var(np.concatenate(groups)) > 0 else math.nan
     a, e = prof["alpha"], prof["E"]
     why = []
     if a.open_lo or a.open_hi or c.at_bound:
@@ -179,7 +193,9 @@ def _curve_checks(d: Design, fit_runs: list[dict], loss: str) -> dict:
     if not math.isfinite(a.lo):
         why.append("no noise estimate (≤ 3 widths and no seeds)")
     fails = []
-    if math.isfinite(lof.p) and lof.p < LOF_P:
+    if not math.isfinite(lof.p):
+        fails.append("lack of fit untestable (needs seeds and ≥ 4 widths): any convex set of 3 points fits")
+    elif lof.p < LOF_P:
         fails.append(f"lack of fit: χ²/dof = {lof.chi2_dof:.2f} on ({lof.dof}, {lof.nu}) dof, p = {lof.p:.2g}")
     # Convergence: the same fit on the losses at 60 % of training. If α moves outside its interval, the curve is
     # still changing shape and the final α reflects where training stopped, not the width limit.
@@ -199,7 +215,7 @@ def _curve_checks(d: Design, fit_runs: list[dict], loss: str) -> dict:
     return {"alpha": {"est": c.alpha, "lo": a.lo, "hi": a.hi, "open_lo": a.open_lo, "open_hi": a.open_hi},
             "E": {"est": c.E, "lo": e.lo, "hi": e.hi, "open_lo": e.open_lo, "open_hi": e.open_hi},
             "A": c.A, "rss_cells": c.rss, "n_widths": len(ws), "n_runs": int(n.sum()), "noise": source,
-            "s2": s2, "dof": dof, "lack_of_fit": vars(lof), "convergence": conv,
+            "s2": s2, "dof": dof, "lack_of_fit": vars(lof), "convergence": conv, "levene_p": hetero,
             "not_identified": why, "fails": fails, "ok": not why and not fails}
 
 
@@ -219,7 +235,7 @@ def _tests(d: Design) -> dict:
 
 
 def _verdicts(d: Design, boot, curve: dict) -> dict:
-    """Per arm and cost axis (params N, FLOPs C): beats / matches / loses the baseline's curve, from the summary
+    """Per arm and cost axis (params N, FLOPs C): beats / is not distinguishable from / loses to the baseline's curve, from the summary
     multiplier's bootstrap p-value for k = 1 with Holm's correction over the arms."""
     arms = d.arms[1:]
     res = {a: {} for a in arms}
@@ -230,7 +246,7 @@ def _verdicts(d: Design, boot, curve: dict) -> dict:
             k = boot.est.get(key(a), math.nan)
             lo, hi = boot.ci.get(key(a), (math.nan, math.nan))
             word = ("unavailable" if math.isnan(p) else "beats" if p < 0.05 and k > 1 else
-                    "loses to" if p < 0.05 and k < 1 else "matches")
+                    "loses to" if p < 0.05 and k < 1 else "is not distinguishable from")
             res[a][axis] = {"word": word, "est": k, "lo": lo, "hi": hi, "p_holm": p}
     for a in arms:
         v = res[a]
@@ -267,6 +283,14 @@ def boot_interp(boot, d: Design, a: str) -> dict:
             draws = boot.samples.get(key, np.array([]))
             ok = draws.size > 0 and np.isfinite(draws).mean() >= 0.95
             lo, hi = boot.ci[key] if ok else (math.nan, math.nan)
+            if ok and kind == "" and a != b:
+                # The interpolant's own error is not in the draws: widen by the gap between the monotone cubic and
+                # straight lines in log x (the truth on a convex curve lies between them).
+                xb, Lb = np.asarray(xs, float), np.array([means[(b, w_)] for w_ in bw])
+                o = np.argsort(Lb)
+                lin = float(np.exp(np.interp(means[(a, w)], Lb[o], np.log(xb[o]))))
+                gap = abs(math.log(x_eq / lin)) if x_eq > 0 and lin > 0 else 0.0
+                lo, hi = lo * math.exp(-gap), hi * math.exp(gap)
             row[name] = {"est": x_eq / x if math.isfinite(x) else math.nan, "kind": kind if math.isfinite(x) else "nan",
                          "lo": lo, "hi": hi}
         out[int(w)] = row

@@ -71,6 +71,11 @@ def read_csv(path: Path) -> list[dict]:
     for i, r in enumerate(rows, start=2):
         if not isinstance(r.get("d_model"), int) or r["d_model"] <= 0:
             raise WidthlabError(f"{path} line {i}: d_model must be a positive integer, got {r.get('d_model')!r}")
+    if "seed" not in cols:  # rows of one (arm, width) are then its replicates in file order: seeds 0, 1, …
+        count: dict[tuple, int] = {}
+        for r in rows:
+            key = (r.get("arm", "baseline"), r["d_model"])
+            r["seed"] = count[key] = count.get(key, -1) + 1
     return rows
 
 
