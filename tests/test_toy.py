@@ -32,7 +32,7 @@ def test_decay_positive_gamma_scales_every_row():
 
 
 def test_decay_negative_gamma_pulls_norms_to_target():
-    # refs §7: at γ = −1 a row of norm r is scaled by 1 − η(1 − 1/r)|γ|
+    # docs/paper.md (the toy model's decay): at γ = −1 a row of norm r is scaled by 1 − η(1 − 1/r)|γ|
     W = rows_of_norm(5.0, 0.5)
     signed_row_decay_(W, lr=0.1, gamma=-1.0)
     assert torch.allclose(W, rows_of_norm(5.0 * (1 - 0.1 * (1 - 1 / 5)), 0.5 * (1 - 0.1 * (1 - 1 / 0.5))))

@@ -9,7 +9,7 @@ with Adam the branch outputs and the logits grow ~ m after a step at a width-ind
 the best LR drift with width and a width sweep unfair to the wide models.
 
 Writes `<out>/coord_check.json` (the numbers and the slopes) and `<out>/coord_check.png` (activation scale vs width,
-one panel per step), both atomically. The check is what refs/interventions.md §G asks before any width sweep, and
+one panel per step), both atomically. The check belongs before any width sweep, and
 an arm that changes the readout (a new head) needs its own: pass its intervention in `overrides`.
 """
 from __future__ import annotations

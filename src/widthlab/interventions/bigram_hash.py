@@ -2,7 +2,7 @@
 
 Sources: modded-nanogpt PR #201 "BigramHash" (table of 5·n rows, xor of two multiplicative hashes, zero init,
 position 0 mapped to a reserved row); Over-Encoding (Huang et al., arXiv 2501.16975: hashed n-gram input
-vocabularies, loss falls log-linearly in input-vocabulary size). refs/interventions.md E2.
+vocabularies, loss falls log-linearly in input-vocabulary size).
 
     x_t = E[idx_t] + H[hash(idx_{t−1}, idx_t)]        hash(a, b) = (36313·b xor 27191·a) mod (S − 1)
 

@@ -2,8 +2,8 @@
 
 Sources: ALBERT (Lan et al., arXiv 1909.11942): E = A·B with A ∈ R^{n×r}, B ∈ R^{r×m}, r ≪ m. Adaptive input
 representations (Baevski & Auli, arXiv 1809.10853): tokens sorted by frequency are cut into bands; band b has
-width m/div^b and a projection up to m, so rare tokens cost few parameters. refs/interventions.md E4: both
-implement the frequency-aware allocation of F4 on the input side.
+width m/div^b and a projection up to m, so rare tokens cost few parameters. Both
+give frequent tokens more of the input capacity than rare ones.
 
 Bookkeeping: every table, including the "atoms" B (r rows in R^m) and the band projections, is an nn.Embedding,
 so parameter counts treat the whole input map as embedding parameters (it is still a per-token lookup) and the

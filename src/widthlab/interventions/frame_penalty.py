@@ -2,7 +2,7 @@
 
 Sources: frame potential / unit-norm tight frames (Benedetto & Fickus 2003; Casazza, Fickus & Mixon,
 arXiv 1009.5562); soft orthogonality (Bansal et al., arXiv 1810.09102); the weighted form is "Zipfian isotropy",
-motivated by Zipfian whitening (Yokoi et al., arXiv 2411.00680). refs/interventions.md B1 and B2.
+motivated by Zipfian whitening (Yokoi et al., arXiv 2411.00680).
 
 With Ŵ (n, m) the real-vocabulary rows normalised to unit length and p a distribution over those rows:
 

@@ -2,7 +2,7 @@
 
 Sources: Mixture of Softmaxes (Yang et al., ICLR 2018, arXiv 1711.03953); sigsoftmax (Kanai et al., NeurIPS 2018,
 arXiv 1805.10829); wide heads after Godey et al. (arXiv 2404.07647: heads narrower than ~1000-2000 dims saturate).
-refs/interventions.md D1, D3, D4. Compare them at equal FLOPs: at small m the head dominates the cost (F5).
+Compare them at equal FLOPs: at small m the head dominates the cost.
 
 Every head keeps `.weight`, the (n, ·) output matrix, so the geometry monitor can read it. MoS and WideHead replace
 the linear head (so they refuse a tied model and must be listed before head wrappers); Sigsoftmax wraps any head

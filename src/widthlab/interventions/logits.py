@@ -2,7 +2,7 @@
 
 Sources: z-loss, Chowdhery et al. (PaLM, arXiv 2204.02311) coef 1e-4, and Wortsman et al. (arXiv 2309.14322) as a
 small-scale stability fix; soft-capping, Gemma 2 (arXiv 2408.00118) cap 30 on final logits, modded-nanogpt
-record #18 (cap 30 → 15). refs/interventions.md C4: cheap flags that should be pinned in a baseline before
+record #18 (cap 30 → 15). Cheap flags that should be pinned in a baseline before
 comparing packing ideas, and log Z is itself a logged metric.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ Each row W_i of an (n, m) matrix is one feature's (token's) representation. With
     γ < 0:  W_i ← (1 − η|γ| (1 − r₀/‖W_i‖)) W_i          a gradient step on (|γ|/2)(‖W_i‖ − r₀)²: every row is pulled
                                                           toward norm r₀ (= 1 in the paper), strong superposition
 
-Check value (paper refs §7): at γ = −1 a row of norm r is scaled by 1 − η(1 − 1/r). The toy model calls
+Check value (docs/paper.md, the toy model's decay): at γ = −1 a row of norm r is scaled by 1 − η(1 − 1/r). The toy model calls
 `signed_row_decay_` directly; `SignedRowDecay` packages it as an `Intervention` for the GPT's embedding / head.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Sources: nGPT (Loshchilov et al., arXiv 2410.01131; NVIDIA/ngpt `model.py`: rows renormalised after every optimizer
 step, a learned logit scale `sz`); the Ψ-paradox workshop paper (UnitNorm projection of embedding rows matches most
-of the gain of ETF regularisers); refs/interventions.md A2 + C1. It is the γ → −∞ limit of Liu et al.'s signed decay.
+of the gain of ETF regularisers). It is the γ → −∞ limit of Liu et al.'s signed decay.
 
     logits = s · ĥ · ŵᵢ      ĥ = h/‖h‖, ŵᵢ = wᵢ/‖wᵢ‖, s a learned scalar (init √m unless `init_scale` is given)
 
