@@ -219,3 +219,12 @@ def test_errors(tmp_path, capsys):
         compare(str(mixed), n_boot=10)
     with pytest.raises(WidthlabError, match="< 3 needed"):
         compare(str(sweep), n_boot=10, min_width=128)
+
+
+def test_a_run_whose_validation_rose_is_flagged_data_limited(tmp_path):
+    def alter(row, w, arm):
+        row["val_loss_best"] = row["val_loss"] - (0.05 if (arm, w) == ("packed", 64) else 0.0)
+    sweep = make_sweep(tmp_path / "sweep", alter=alter)
+    res = compare(str(sweep), n_boot=20)
+    flagged = [e for e in res["excluded"] if e["reason"].startswith("val rose 0.050")]
+    assert {(e["arm"], e["d_model"]) for e in flagged} == {("packed", 64)} and res["n_fit"] == 14

@@ -132,9 +132,14 @@ def check_recipe(runs: list[dict]) -> None:
                                 f"(pass only the sweep/run dirs that share {k})")
 
 
-def flag_limited(r: dict, max_gap: float, max_epochs: float) -> str:
-    """'' or why a run looks data-limited rather than width-limited (the fit assumes the latter)."""
+def flag_limited(r: dict, max_gap: float, max_epochs: float, max_rise: float = 0.02) -> str:
+    """'' or why a run looks data-limited rather than width-limited (the fit assumes the latter): its validation
+    loss rose from its best by more than max_rise (overfitting), its eval-mode train loss sits more than max_gap
+    below its validation loss, or it ran more than max_epochs epochs."""
     why = []
+    if isinstance(r.get("val_loss"), float) and isinstance(r.get("val_loss_best"), float) \
+            and r["val_loss"] - r["val_loss_best"] > max_rise:
+        why.append(f"val rose {r['val_loss'] - r['val_loss_best']:.3f}>{max_rise:g} from its best")
     # Only the eval-mode train loss (no dropout, fixed subset, final weights) measures overfitting; the running
     # train loss of older runs had dropout on and, in archived rows, an early-training bias, so it is not used.
     if isinstance(r.get("val_loss"), float) and isinstance(r.get("train_loss_eval"), float) \
