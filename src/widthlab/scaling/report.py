@@ -186,9 +186,10 @@ def _curve_checks(d: Design, fit_runs: list[dict], loss: str) -> dict:
     if nu >= 2 and nu_seed >= 1:
         prof["E"] = profile_ci(ws, y, n, ss / nu, nu, CI)["E"]
     lof = lack_of_fit(c.rss, len(ws), 3, s2 if nu >= 2 else math.nan, dof if nu >= 2 else 0)
-    groups = [list(d.cells[(b, w)].values()) for w in ws if len(d.cells[(b, w)]) >= 2]
-    hetero = float(stats.levene(*groups).pvalue) if len(groups) >= 2 and all(len(g) >= 2 for g in groups) \
-        and np.var(np.concatenate(groups)) > 0 else math.nan
+    # Levene needs ≥ 3 seeds a width: with 2 the absolute deviations within a width are equal and the test degenerates
+    groups = [list(d.cells[(b, w)].values()) for w in ws if len(d.cells[(b, w)]) >= 3]
+    hetero = float(stats.levene(*groups).pvalue) if len(groups) >= 2 and np.var(np.concatenate(groups)) > 0 \
+        else math.nan
     a, e = prof["alpha"], prof["E"]
     why = []
     if a.open_lo or a.open_hi or c.at_bound:
