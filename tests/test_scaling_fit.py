@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from widthlab.scaling.fit import (effective_width, fit_curve, fit_loglog, fit_scaling, interpolated_equivalent,
-                                  lack_of_fit, profile_ci, pure_error)
-from widthlab.scaling.inference import Design, boot_p, bootstrap, compare_cell, estimates, holm, noise_model
+from widthlab.scaling.fit import effective_width, fit_curve, fit_loglog, fit_scaling, lack_of_fit, profile_ci, pure_error
+from widthlab.scaling.inference import Design, boot_p, bootstrap, estimates, noise_model
+from widthlab.scaling.interp import interpolated_equivalent
+from widthlab.scaling.seedtests import compare_cell, holm
 
 WIDTHS = np.array([8, 16, 32, 64, 128.0])
 A, ALPHA, E, K = 6.0, 0.5, 3.5, 1.3          # the "packed" arm is the baseline at width K·m

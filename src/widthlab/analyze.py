@@ -218,7 +218,7 @@ def analyze(*, model: list[str] | str, series: bool = False, out: str | None = N
     """
     specs = [model] if isinstance(model, str) else list(model)
     if not specs:
-        raise WidthlabError("no model given; pass --model gpt2 or --model '[gpt2, /path/to/ckpt]'")
+        raise WidthlabError("no model given; pass --model gpt2 or --model '[gpt2, ./my_checkpoint_dir]'")
     if block_rows < 1:
         raise WidthlabError(f"block_rows must be ≥ 1 (got {block_rows})")
     rows = [analyze_one(s, pairs=pairs, block_rows=block_rows, device=device, tensor=tensor) for s in specs]

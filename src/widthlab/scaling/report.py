@@ -14,15 +14,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from widthlab import WidthlabError
 from widthlab.scaling import plots
 from widthlab.scaling.fit import fit_curve, fit_loglog, fit_scaling, lack_of_fit, profile_ci, pure_error
-from scipy import stats
-
-from widthlab.scaling.inference import Design, boot_p, bootstrap, compare_cell, holm, two_way
+from widthlab.scaling.inference import Design, boot_p, bootstrap, two_way
+from widthlab.scaling.interp import interpolated_equivalent
 from widthlab.scaling.markdown import interp_line, markdown
 from widthlab.scaling.runs import check_recipe, flag_limited, load_runs, loss_at_fraction, sweep_defaults
+from widthlab.scaling.seedtests import compare_cell, holm
 
 OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
 CI = 0.95
@@ -276,7 +277,6 @@ def _f(x: dict) -> str:
 def boot_interp(boot, d: Design, a: str) -> dict:
     """Per width of arm a: k_int (width) and k_intC (FLOPs) with the kind of each ("" a value, ">"/"<" only a
     bound outside the baseline's range) and CIs only when ≥ 95 % of the draws stayed inside the range."""
-    from widthlab.scaling.fit import interpolated_equivalent
     b, means = d.baseline, boot.level
     bw = d.widths(b)
     out = {}
