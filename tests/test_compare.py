@@ -174,6 +174,43 @@ def test_loss_choice_divergence_and_convergence(tmp_path):
         compare(str(sweep), n_boot=10, loss="train_loss")
 
 
+def test_matched_short_sweep_decides_convergence(tmp_path):
+    # The mid-run refit says "not converged" (a different shape at 60 %); a matched short sweep with the same
+    # shape overrides it (reported beside it), one with another shape fails the curve; bad short sweeps are errors.
+    def hist(row, w, arm):
+        row["val_history"] = [[600, 6.0 - 0.25 * np.log(w)], [1000, row["val_loss"]]]
+        row["steps"] = 1000
+
+    def short(shape):
+        def alter(row, w, arm):
+            row["steps"], row["val_history"] = 600, [[600, row["val_loss"]]]
+        return lambda root: make_sweep(root, loss_of=shape, alter=alter)
+
+    sweep = make_sweep(tmp_path / "sweep", alter=hist)
+    same = short(lambda arm, w: power_law(arm, w) + 0.05)(tmp_path / "same")  # shifted: same α
+    res = compare(str(sweep), n_boot=20, short_sweep=str(same))
+    conv = res["curve"]["convergence"]
+    assert conv["kind"] == "matched" and conv["inside"] and conv["frac"] == pytest.approx(0.6)
+    assert abs(conv["alpha"] - ALPHA) < 0.1 and conv["lo"] < ALPHA < conv["hi"]
+    assert conv["midrun"]["checked"] and not conv["midrun"]["inside"]
+    assert not any(f.startswith("not converged") for f in res["curve"]["fails"])
+    text = (sweep / "report.md").read_text()
+    assert "matched sweep at 60 % of the steps" in text and "mid-run refit (information only)" in text
+
+    other = short(lambda arm, w: 6.0 - 0.25 * np.log(w))(tmp_path / "other")  # log-linear: another shape
+    res = compare(str(sweep), n_boot=20, short_sweep=str(other))
+    assert not res["curve"]["convergence"]["inside"] and not res["curve"]["ok"]
+    assert any("not converged: α in the 600-step sweep" in f for f in res["curve"]["fails"])
+
+    with pytest.raises(WidthlabError, match="short sweep .* not found"):
+        compare(str(sweep), n_boot=10, short_sweep=str(tmp_path / "nowhere"))
+    with pytest.raises(WidthlabError, match="not fewer than"):
+        compare(str(sweep), n_boot=10, short_sweep=str(sweep))
+    mixed = make_sweep(tmp_path / "mixed", recipe_of=lambda arm: {**RECIPE, "vocab_size": 2048})
+    with pytest.raises(WidthlabError, match="runs mix vocab_size"):
+        compare(str(sweep), n_boot=10, short_sweep=str(mixed))
+
+
 def test_a_run_listed_twice_is_kept_once(tmp_path):
     # An archived results.csv without run dirs (e.g. docs/results/…) next to the live sweep: same runs, same losses.
     sweep = make_sweep(tmp_path / "sweep")

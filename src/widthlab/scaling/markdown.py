@@ -88,10 +88,18 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
     if c.get("levene_p") == c.get("levene_p") and c.get("levene_p") is not None and c["levene_p"] < 0.05:
         out.append(f"- **seed noise differs between widths** (Levene p = {c['levene_p']:.2g}): the pooled variance "
                    "understates the noise at the noisiest widths, so their per-width intervals are too narrow")
-    if conv["checked"]:
-        out.append(f"- convergence: refitted on the losses at 60 % of training, α = {conv['alpha']:.3f}, E = "
-                   f"{conv['E']:.3f} ({'inside' if conv['inside'] else '**outside**'} α's interval)")
-    else:
+    mid, matched = conv.get("midrun", conv), conv.get("matched")
+    if matched:
+        out.append(f"- convergence (decides): a matched sweep at {matched['frac'] * 100:.0f} % of the steps "
+                   f"({matched['steps']:g}, its own schedule; {matched['n_runs']} runs at {matched['n_widths']} widths) "
+                   f"gives α = {matched['alpha']:.3f} [{matched['lo']:.3f}, {matched['hi']:.3f}], E = "
+                   f"{matched['E']:.3f} — {'inside' if matched['inside'] else '**outside**'} α's interval")
+    if mid.get("checked"):
+        out.append(f"- {'mid-run refit (information only)' if matched else 'convergence'}: refitted on the losses at "
+                   f"60 % of training, α = {mid['alpha']:.3f}, E = {mid['E']:.3f} "
+                   f"({'inside' if mid['inside'] else '**outside**'} α's interval)"
+                   + ("; under a cosine schedule that checkpoint has not decayed its LR" if matched else ""))
+    elif not matched:
         out.append("- convergence: not checked (the runs carry no validation history)")
     if c["not_identified"] or c["fails"]:
         out.append(f"- **warning**: the curve does not pass its checks ({'; '.join(c['not_identified'] + c['fails'])}). "

@@ -18,24 +18,21 @@ from scipy import stats
 
 from widthlab import WidthlabError
 from widthlab.scaling import plots
-from widthlab.scaling.fit import fit_curve, fit_loglog, fit_scaling, lack_of_fit, profile_ci, pure_error
-from widthlab.scaling.inference import Design, boot_p, bootstrap, two_way
+from widthlab.scaling.curve import CI, curve_checks
+from widthlab.scaling.fit import fit_loglog, fit_scaling
+from widthlab.scaling.inference import Design, boot_p, bootstrap
 from widthlab.scaling.interp import interpolated_equivalent
 from widthlab.scaling.markdown import interp_line, markdown
-from widthlab.scaling.runs import check_recipe, flag_limited, load_runs, loss_at_fraction, sweep_defaults
+from widthlab.scaling.runs import check_recipe, flag_limited, load_runs, sweep_defaults
 from widthlab.scaling.seedtests import compare_cell, holm
 
 OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
-CI = 0.95
-MAX_ALPHA_CI_RATIO = 3.0   # hi/lo of α's interval above this: the widths do not pin α (and so E)
-LOF_P = 0.05               # lack-of-fit p below this: the power law does not describe the cell means
-CONVERGENCE_FRAC = 0.6     # α refit on the losses at this fraction of training
 
 
 def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bool = True, n_boot: int = 1000,
             out: str | None = None, min_width: int | None = None, seed: int = 0, include_limited: bool = False,
             max_gap: float | None = None, max_epochs: float | None = None, loss: str = "auto",
-            max_rise: float | None = None) -> dict:
+            max_rise: float | None = None, short_sweep: str | None = None) -> dict:
     """Fit the baseline's L(m) = A·m^-α + E over a width sweep and measure every arm against it.
 
     Args:
@@ -55,6 +52,9 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
         max_rise: ... or if its last validation loss is this much above its best (overfitting; default 0.02).
         loss: Which loss to fit: val_loss_best (lowest validation), val_loss (last validation), or auto
             (the sweep recipe's choice in sweep.json, else val_loss_best where every run has it, else val_loss).
+        short_sweep: The convergence check: a sweep of the same design trained for fewer steps with its own
+            schedule; its baseline α must lie inside this sweep's interval (default: sweep.json's
+            compare.short_sweep; without one, α is refitted on each run's loss at 60 % of its training).
 
     Returns:
         The key numbers (also written to compare.json).
@@ -79,15 +79,7 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     arms = sorted({r["arm"] for r in runs})
     if baseline not in arms:
         raise WidthlabError(f"baseline arm {baseline!r} not found (arms: {arms}): pass --baseline <arm>")
-    for r in runs:
-        r["_flag"] = flag_limited(r, max_gap, max_epochs, max_rise)
-        r["_loss"] = r.get(loss)
-        why = ("diverged" + (f" at step {r['diverged_step']}" if r.get("diverged_step") is not None else "")
-               if r.get("status") == "diverged" else
-               f"no finite {loss}" if not (isinstance(r["_loss"], float) and math.isfinite(r["_loss"])) else
-               f"d_model < min_width {min_width}" if min_width is not None and r["d_model"] < min_width else
-               r["_flag"] if r["_flag"] and not include_limited else "")
-        r["_fit"], r["_why"] = not why, why
+    _mark(runs, loss, min_width, max_gap, max_epochs, max_rise, include_limited)
     fit_runs = [r for r in runs if r["_fit"]]
     widths = {a: sorted({r["d_model"] for r in fit_runs if r["arm"] == a}) for a in arms}
     if len(widths[baseline]) < 3:
@@ -106,7 +98,9 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     costs = {k: v for k, v in costs.items() if not np.isnan(v[arm == baseline]).any()}
     d = Design.from_rows(m, L, arm, seeds, baseline, costs)
     boot = bootstrap(d, n_boot=n_boot, ci=CI, seed=seed)
-    curve = _curve_checks(d, fit_runs, loss)
+    short_sweep = defaults.get("short_sweep") if short_sweep is None else short_sweep
+    curve = curve_checks(d, fit_runs, loss, _short_runs(short_sweep, runs, loss, min_width, max_gap, max_epochs,
+                                                        max_rise, include_limited) if short_sweep else None)
     joint = fit_scaling(m, L, arm, baseline, shared_alpha)
 
     overlap = {}
@@ -151,6 +145,35 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     return result
 
 
+def _mark(runs: list[dict], loss: str, min_width, max_gap, max_epochs, max_rise, include_limited) -> None:
+    """Set each run's _loss, _fit and _why (why it is left out of the fits: diverged, no loss, too narrow,
+    data-limited)."""
+    for r in runs:
+        r["_flag"] = flag_limited(r, max_gap, max_epochs, max_rise)
+        r["_loss"] = r.get(loss)
+        why = ("diverged" + (f" at step {r['diverged_step']}" if r.get("diverged_step") is not None else "")
+               if r.get("status") == "diverged" else
+               f"no finite {loss}" if not (isinstance(r["_loss"], float) and math.isfinite(r["_loss"])) else
+               f"d_model < min_width {min_width}" if min_width is not None and r["d_model"] < min_width else
+               r["_flag"] if r["_flag"] and not include_limited else "")
+        r["_fit"], r["_why"] = not why, why
+
+
+def _short_runs(path: str, runs: list[dict], loss: str, *rules) -> list[dict]:
+    """The matched short sweep's runs, marked by the same rules, after checking it is the same recipe."""
+    if not Path(path).exists():
+        raise WidthlabError(f"short sweep {path} not found: run its sweep recipe first, or pass --short_sweep "
+                            "with a sweep of the same design and fewer steps")
+    short = load_runs([path])
+    if not short:
+        raise WidthlabError(f"no runs found in the short sweep {path}")
+    check_recipe(runs + short)
+    if not any(loss in r for r in short):
+        raise WidthlabError(f"the short sweep {path} has no {loss} column; pass --loss val_loss")
+    _mark(short, loss, *rules)
+    return short
+
+
 def _loss_column(runs: list[dict], loss: str) -> str:
     if loss == "auto":
         return "val_loss_best" if all(isinstance(r.get("val_loss_best"), float) for r in runs) else "val_loss"
@@ -159,73 +182,6 @@ def _loss_column(runs: list[dict], loss: str) -> str:
     if not any(loss in r for r in runs):
         raise WidthlabError(f"no run has a {loss} column; pass --loss val_loss (the last validation)")
     return loss
-
-
-# ---------------------------------------------------------------------------------------------- the curve
-
-def _curve_checks(d: Design, fit_runs: list[dict], loss: str) -> dict:
-    """The baseline's L(m): estimate, profile CIs, lack of fit, identification, and α refit at 60 % of training."""
-    b = d.baseline
-    ws = d.widths(b)
-    y = np.array([d.means()[(b, w)] for w in ws])
-    n = np.array([len(d.cells[(b, w)]) for w in ws], float)
-    c = fit_curve(ws, y, n)
-    ss, nu = pure_error([list(d.cells[(b, w)].values()) for w in ws])
-    inter, nu_int, _, nu_seed = two_way({w: d.cells[(b, w)] for w in ws})
-    if nu_seed >= 1 and nu_int >= 2:
-        # Seeds recur across widths: a seed's shared offset moves every cell mean alike and is absorbed by E, so
-        # the shape (α) and the lack of fit are judged against the seed × width variance only; E's interval keeps
-        # the whole seed variance (referee finding: with the pooled variance the lack-of-fit test had no power).
-        s2, dof = float(np.sum(np.square(inter)) / nu_int), nu_int
-        source = f"seed × width variance ({nu_int} dof; {nu_seed + 1} seeds recur across widths)"
-    elif nu >= 2:
-        s2, dof, source = ss / nu, nu, f"seed variance ({nu} dof)"
-    else:
-        s2, dof = (c.rss / (len(ws) - 3), len(ws) - 3) if len(ws) > 3 else (math.nan, 0)
-        source = f"residual mean square ({dof} dof; no seed replicates, so lack of fit cannot be tested)"
-    prof = profile_ci(ws, y, n, s2, dof, CI)
-    if nu >= 2 and nu_seed >= 1:
-        prof["E"] = profile_ci(ws, y, n, ss / nu, nu, CI)["E"]
-    lof = lack_of_fit(c.rss, len(ws), 3, s2 if nu >= 2 else math.nan, dof if nu >= 2 else 0)
-    # Levene needs ≥ 3 seeds a width: with 2 the absolute deviations within a width are equal and the test degenerates
-    groups = [list(d.cells[(b, w)].values()) for w in ws if len(d.cells[(b, w)]) >= 3]
-    hetero = float(stats.levene(*groups).pvalue) if len(groups) >= 2 and np.var(np.concatenate(groups)) > 0 \
-        else math.nan
-    a, e = prof["alpha"], prof["E"]
-    why = []
-    if a.open_lo or a.open_hi or c.at_bound:
-        why.append("α's interval reaches its search bound")
-    if e.open_lo and c.E <= 1e-9:
-        why.append("E at its bound 0")
-    if a.lo > 0 and a.hi / a.lo > MAX_ALPHA_CI_RATIO:
-        why.append(f"α's CI spans ×{a.hi / a.lo:.1f}")
-    if not math.isfinite(a.lo):
-        why.append("no noise estimate (≤ 3 widths and no seeds)")
-    fails = []
-    if not math.isfinite(lof.p):
-        fails.append("lack of fit untestable (needs seeds and ≥ 4 widths): any convex set of 3 points fits")
-    elif lof.p < LOF_P:
-        fails.append(f"lack of fit: χ²/dof = {lof.chi2_dof:.2f} on ({lof.dof}, {lof.nu}) dof, p = {lof.p:.2g}")
-    # Convergence: the same fit on the losses at 60 % of training. If α moves outside its interval, the curve is
-    # still changing shape and the final α reflects where training stopped, not the width limit.
-    early = {}
-    for r in fit_runs:
-        if r["arm"] == b:
-            early.setdefault(r["d_model"], []).append(loss_at_fraction(r, CONVERGENCE_FRAC, loss == "val_loss_best"))
-    conv = {"checked": False}
-    if early and all(np.isfinite(v).all() for v in early.values()) and len(early) >= 3:
-        ew = sorted(early)
-        c60 = fit_curve(ew, [np.mean(early[w]) for w in ew], [len(early[w]) for w in ew])
-        inside = a.lo <= c60.alpha <= a.hi if math.isfinite(a.lo) else True
-        conv = {"checked": True, "alpha": c60.alpha, "E": c60.E, "inside": bool(inside)}
-        if not inside:
-            fails.append(f"not converged: α at {CONVERGENCE_FRAC:.0%} of training = {c60.alpha:.3f}, outside "
-                         f"[{a.lo:.3f}, {a.hi:.3f}]")
-    return {"alpha": {"est": c.alpha, "lo": a.lo, "hi": a.hi, "open_lo": a.open_lo, "open_hi": a.open_hi},
-            "E": {"est": c.E, "lo": e.lo, "hi": e.hi, "open_lo": e.open_lo, "open_hi": e.open_hi},
-            "A": c.A, "rss_cells": c.rss, "n_widths": len(ws), "n_runs": int(n.sum()), "noise": source,
-            "s2": s2, "dof": dof, "lack_of_fit": vars(lof), "convergence": conv, "levene_p": hetero,
-            "not_identified": why, "fails": fails, "ok": not why and not fails}
 
 
 # ---------------------------------------------------------------------------------------------- tests/verdicts

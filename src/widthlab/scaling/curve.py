@@ -1,0 +1,136 @@
+"""The baseline's width curve L(m) = A·m^-α + E and the checks it must pass before any arm is judged against it:
+profile intervals, pure-error lack of fit, identification, and convergence in training length.
+
+Convergence has two forms. *Mid-run*: each run's loss at 60 % of its own steps (val_history), refitted. Cheap, but
+under a cosine schedule that checkpoint has not decayed its LR yet, so it overstates the loss a 60 %-length budget
+reaches, and not necessarily equally at every width. *Matched*: a second sweep of the same design trained for
+fewer steps with its own schedule (`short_sweep`), i.e. the model that budget does produce. When a matched sweep
+is given it decides; the mid-run refit is reported beside it. docs/statistics.md explains both.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+from widthlab import WidthlabError
+from widthlab.scaling.fit import fit_curve, lack_of_fit, profile_ci, pure_error
+from widthlab.scaling.inference import Design, two_way
+from widthlab.scaling.runs import loss_at_fraction
+
+CI = 0.95
+MAX_ALPHA_CI_RATIO = 3.0   # hi/lo of α's interval above this: the widths do not pin α (and so E)
+LOF_P = 0.05               # lack-of-fit p below this: the power law does not describe the cell means
+CONVERGENCE_FRAC = 0.6     # mid-run check: α refit on the losses at this fraction of training
+
+
+def _noise(table: dict[float, dict[int, float]], fallback_rss: float) -> tuple[float, int, str, float, int, int]:
+    """(s², dof, its description, pooled SS, pooled ν, seed-block dof) of the cell means' noise for the curve's
+    shape: the seed × width variance when seeds recur across widths, else the pooled seed variance, else the
+    residual mean square of the fit (then lack of fit cannot be tested)."""
+    ss, nu = pure_error([list(v.values()) for v in table.values()])
+    inter, nu_int, _, nu_seed = two_way(table)
+    n_w = len(table)
+    if nu_seed >= 1 and nu_int >= 2:
+        # Seeds recur across widths: a seed's shared offset moves every cell mean alike and is absorbed by E, so
+        # the shape (α) and the lack of fit are judged against the seed × width variance only; E's interval keeps
+        # the whole seed variance (referee finding: with the pooled variance the lack-of-fit test had no power).
+        return (float(np.sum(np.square(inter)) / nu_int), nu_int,
+                f"seed × width variance ({nu_int} dof; {nu_seed + 1} seeds recur across widths)", ss, nu, nu_seed)
+    if nu >= 2:
+        return ss / nu, nu, f"seed variance ({nu} dof)", ss, nu, nu_seed
+    if n_w > 3:
+        return (fallback_rss / (n_w - 3), n_w - 3,
+                f"residual mean square ({n_w - 3} dof; no seed replicates, so lack of fit cannot be tested)",
+                ss, nu, nu_seed)
+    return math.nan, 0, "no noise estimate", ss, nu, nu_seed
+
+
+def _fit_table(table: dict[float, dict[int, float]]):
+    """Fit, profile intervals and noise of one {width: {seed: loss}} table."""
+    ws = sorted(table)
+    y = np.array([np.mean(list(table[w].values())) for w in ws])
+    n = np.array([len(table[w]) for w in ws], float)
+    c = fit_curve(ws, y, n)
+    s2, dof, source, ss, nu, nu_seed = _noise(table, c.rss)
+    prof = profile_ci(ws, y, n, s2, dof, CI)
+    if nu >= 2 and nu_seed >= 1:
+        prof["E"] = profile_ci(ws, y, n, ss / nu, nu, CI)["E"]
+    return ws, n, c, prof, (s2, dof, source, ss, nu)
+
+
+def _midrun(fit_runs: list[dict], b: str, loss: str) -> dict:
+    early = {}
+    for r in fit_runs:
+        if r["arm"] == b:
+            early.setdefault(r["d_model"], []).append(loss_at_fraction(r, CONVERGENCE_FRAC, loss == "val_loss_best"))
+    if not (early and all(np.isfinite(v).all() for v in early.values()) and len(early) >= 3):
+        return {"checked": False}
+    ew = sorted(early)
+    c60 = fit_curve(ew, [np.mean(early[w]) for w in ew], [len(early[w]) for w in ew])
+    return {"checked": True, "kind": "mid-run", "alpha": c60.alpha, "E": c60.E, "frac": CONVERGENCE_FRAC}
+
+
+def _matched(short_runs: list[dict], b: str, fit_runs: list[dict]) -> dict:
+    table: dict[float, dict[int, float]] = {}
+    for r in short_runs:
+        if r["arm"] == b and r["_fit"]:
+            table.setdefault(r["d_model"], {})[int(r.get("seed", 0))] = float(r["_loss"])
+    if len(table) < 3:
+        raise WidthlabError(f"the short sweep has {len(table)} usable widths of arm {b!r} (< 3 for a fit): finish it "
+                            "(python -m train sweep --config <its recipe>) or leave --short_sweep out")
+    ws, n, c, prof, _ = _fit_table(table)
+    steps = lambda rs: float(np.median([r["steps"] for r in rs if r["arm"] == b and r.get("steps")] or [np.nan]))  # noqa: E731
+    s_short, s_full = steps([r for r in short_runs if r["_fit"]]), steps(fit_runs)
+    if not s_short < s_full:
+        raise WidthlabError(f"the short sweep ran {s_short:g} steps, not fewer than this sweep's {s_full:g}: "
+                            "pass a sweep of the same design with fewer steps as --short_sweep")
+    a = prof["alpha"]
+    return {"checked": True, "kind": "matched", "alpha": c.alpha, "E": c.E, "lo": a.lo, "hi": a.hi,
+            "open_lo": a.open_lo, "open_hi": a.open_hi, "steps": s_short, "frac": s_short / s_full,
+            "n_runs": int(n.sum()), "n_widths": len(ws)}
+
+
+def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[dict] | None = None) -> dict:
+    """The baseline's L(m): estimate, profile CIs, lack of fit, identification and convergence (the matched
+    short sweep's α when `short_runs` is given, else α refit at 60 % of training)."""
+    b = d.baseline
+    ws, n, c, prof, (s2, dof, source, ss, nu) = _fit_table({w: d.cells[(b, w)] for w in d.widths(b)})
+    lof = lack_of_fit(c.rss, len(ws), 3, s2 if nu >= 2 else math.nan, dof if nu >= 2 else 0)
+    # Levene needs ≥ 3 seeds a width: with 2 the absolute deviations within a width are equal and the test degenerates
+    groups = [list(d.cells[(b, w)].values()) for w in ws if len(d.cells[(b, w)]) >= 3]
+    hetero = float(stats.levene(*groups).pvalue) if len(groups) >= 2 and np.var(np.concatenate(groups)) > 0 \
+        else math.nan
+    a, e = prof["alpha"], prof["E"]
+    why = []
+    if a.open_lo or a.open_hi or c.at_bound:
+        why.append("α's interval reaches its search bound")
+    if e.open_lo and c.E <= 1e-9:
+        why.append("E at its bound 0")
+    if a.lo > 0 and a.hi / a.lo > MAX_ALPHA_CI_RATIO:
+        why.append(f"α's CI spans ×{a.hi / a.lo:.1f}")
+    if not math.isfinite(a.lo):
+        why.append("no noise estimate (≤ 3 widths and no seeds)")
+    fails = []
+    if not math.isfinite(lof.p):
+        fails.append("lack of fit untestable (needs seeds and ≥ 4 widths): any convex set of 3 points fits")
+    elif lof.p < LOF_P:
+        fails.append(f"lack of fit: χ²/dof = {lof.chi2_dof:.2f} on ({lof.dof}, {lof.nu}) dof, p = {lof.p:.2g}")
+    # Convergence: if α moves outside its interval when training is shorter, the curve is still changing shape
+    # and the final α reflects where training stopped, not the width limit.
+    mid = _midrun(fit_runs, b, loss)
+    matched = _matched(short_runs, b, fit_runs) if short_runs is not None else None
+    for chk in (mid, matched):
+        if chk and chk["checked"]:
+            chk["inside"] = bool(a.lo <= chk["alpha"] <= a.hi) if math.isfinite(a.lo) else True
+    conv = dict(matched or mid, midrun=mid, matched=matched)
+    if conv["checked"] and not conv["inside"]:
+        where = (f"in the {conv['steps']:g}-step sweep ({conv['frac'] * 100:.0f} % of the steps, own schedule)"
+                 if conv["kind"] == "matched" else f"at {CONVERGENCE_FRAC * 100:.0f} % of training")
+        fails.append(f"not converged: α {where} = {conv['alpha']:.3f}, outside [{a.lo:.3f}, {a.hi:.3f}]")
+    return {"alpha": {"est": c.alpha, "lo": a.lo, "hi": a.hi, "open_lo": a.open_lo, "open_hi": a.open_hi},
+            "E": {"est": c.E, "lo": e.lo, "hi": e.hi, "open_lo": e.open_lo, "open_hi": e.open_hi},
+            "A": c.A, "rss_cells": c.rss, "n_widths": len(ws), "n_runs": int(n.sum()), "noise": source,
+            "s2": s2, "dof": dof, "lack_of_fit": vars(lof), "convergence": conv, "levene_p": hetero,
+            "not_identified": why, "fails": fails, "ok": not why and not fails}
