@@ -175,40 +175,65 @@ def test_loss_choice_divergence_and_convergence(tmp_path):
 
 
 def test_matched_short_sweep_decides_convergence(tmp_path):
-    # The mid-run refit says "not converged" (a different shape at 60 %); a matched short sweep with the same
-    # shape overrides it (reported beside it), one with another shape fails the curve; bad short sweeps are errors.
+    # The mid-run refit says "not converged" (a different shape at 60 %); a matched short sweep with the same shape
+    # and the same seed noise says "converged" (mid-run reported beside it); one with another shape says "not
+    # converged"; bad short sweeps are one-line errors.
     def hist(row, w, arm):
         row["val_history"] = [[600, 6.0 - 0.25 * np.log(w)], [1000, row["val_loss"]]]
         row["steps"] = 1000
 
-    def short(shape):
+    def short(shape, **kw):
         def alter(row, w, arm):
             row["steps"], row["val_history"] = 600, [[600, row["val_loss"]]]
-        return lambda root: make_sweep(root, loss_of=shape, alter=alter)
+        return lambda root: make_sweep(root, loss_of=shape, alter=alter, **kw)
 
     sweep = make_sweep(tmp_path / "sweep", alter=hist)
-    same = short(lambda arm, w: power_law(arm, w) + 0.05)(tmp_path / "same")  # shifted: same α
+    same = short(lambda arm, w: power_law(arm, w) + 0.05)(tmp_path / "same")  # shifted, same noise draws: same α
     res = compare(str(sweep), n_boot=20, short_sweep=str(same))
     conv = res["curve"]["convergence"]
-    assert conv["kind"] == "matched" and conv["inside"] and conv["frac"] == pytest.approx(0.6)
-    assert abs(conv["alpha"] - ALPHA) < 0.1 and conv["lo"] < ALPHA < conv["hi"]
+    assert conv["kind"] == "matched" and conv["outcome"] == "converged" and conv["frac"] == pytest.approx(0.6)
+    assert abs(conv["diff"]) < 1e-6 and conv["diff_lo"] <= 0 <= conv["diff_hi"]
     assert conv["midrun"]["checked"] and not conv["midrun"]["inside"]
-    assert not any(f.startswith("not converged") for f in res["curve"]["fails"])
+    assert not any("converged" in f for f in res["curve"]["fails"])
     text = (sweep / "report.md").read_text()
     assert "matched sweep at 60 % of the steps" in text and "mid-run refit (information only)" in text
 
     other = short(lambda arm, w: 6.0 - 0.25 * np.log(w))(tmp_path / "other")  # log-linear: another shape
     res = compare(str(sweep), n_boot=20, short_sweep=str(other))
-    assert not res["curve"]["convergence"]["inside"] and not res["curve"]["ok"]
-    assert any("not converged: α in the 600-step sweep" in f for f in res["curve"]["fails"])
+    assert res["curve"]["convergence"]["outcome"] == "not converged" and not res["curve"]["ok"]
+    assert any(f.startswith("not converged: α_short − α_full") for f in res["curve"]["fails"])
 
     with pytest.raises(WidthlabError, match="short sweep .* not found"):
         compare(str(sweep), n_boot=10, short_sweep=str(tmp_path / "nowhere"))
-    with pytest.raises(WidthlabError, match="not fewer than"):
+    with pytest.raises(WidthlabError, match="40–80 % of the steps"):
         compare(str(sweep), n_boot=10, short_sweep=str(sweep))
+    narrow = short(power_law, widths=WIDTHS[1:])(tmp_path / "narrow")
+    with pytest.raises(WidthlabError, match="same widths and seeds"):
+        compare(str(sweep), n_boot=10, short_sweep=str(narrow))
     mixed = make_sweep(tmp_path / "mixed", recipe_of=lambda arm: {**RECIPE, "vocab_size": 2048})
     with pytest.raises(WidthlabError, match="runs mix vocab_size"):
         compare(str(sweep), n_boot=10, short_sweep=str(mixed))
+
+
+def test_matched_difference_interval_covers(tmp_path):
+    # Coverage of the seed-paired interval for α_short − α_full on synthetic sweeps with known truth (equal α,
+    # seed offsets shared across widths and sweeps, seed × width noise correlated 0.8 between the sweeps).
+    from widthlab.scaling.curve import _matched
+    rng = np.random.default_rng(1)
+    ws, seeds = [8, 16, 32, 64, 128], [0, 1, 2]
+    truth = lambda w: 3.0 + 4.0 * w ** -0.5  # noqa: E731
+    hits, n = 0, 200
+    for _ in range(n):
+        off = rng.normal(0, 0.02, len(seeds))
+        e1 = rng.normal(0, 0.01, (len(ws), len(seeds)))
+        e2 = 0.8 * e1 + 0.6 * rng.normal(0, 0.01, e1.shape)
+        full = {w: {s: truth(w) + off[j] + e1[i, j] for j, s in enumerate(seeds)} for i, w in enumerate(ws)}
+        short_runs = [{"arm": "baseline", "_fit": True, "d_model": w, "seed": s, "steps": 600,
+                       "_loss": truth(w) + 0.1 + off[j] + e2[i, j]} for i, w in enumerate(ws) for j, s in enumerate(seeds)]
+        fit_runs = [{"arm": "baseline", "steps": 1000}]
+        m = _matched(short_runs, "baseline", fit_runs, full)
+        hits += m["diff_lo"] <= 0 <= m["diff_hi"]
+    assert 0.91 <= hits / n <= 0.99, hits / n
 
 
 def test_a_run_listed_twice_is_kept_once(tmp_path):

@@ -23,6 +23,7 @@ CI = 0.95
 MAX_ALPHA_CI_RATIO = 3.0   # hi/lo of α's interval above this: the widths do not pin α (and so E)
 LOF_P = 0.05               # lack-of-fit p below this: the power law does not describe the cell means
 CONVERGENCE_FRAC = 0.6     # mid-run check: α refit on the losses at this fraction of training
+CONVERGENCE_TOL = 0.05     # matched check: |α_short − α_full| within this is "converged" (pre-registered, LOG s5)
 
 
 def _noise(table: dict[float, dict[int, float]], fallback_rss: float) -> tuple[float, int, str, float, int, int]:
@@ -72,24 +73,59 @@ def _midrun(fit_runs: list[dict], b: str, loss: str) -> dict:
     return {"checked": True, "kind": "mid-run", "alpha": c60.alpha, "E": c60.E, "frac": CONVERGENCE_FRAC}
 
 
-def _matched(short_runs: list[dict], b: str, fit_runs: list[dict]) -> dict:
+def _alpha_gradient(ws: list[float], means: np.ndarray, n: np.ndarray, h: float = 1e-3) -> np.ndarray:
+    """∂α/∂(cell mean) at each width, by central differences (the fit's α is precise to ≈ 1e-9)."""
+    g = np.zeros(len(ws))
+    for i in range(len(ws)):
+        up, dn = means.copy(), means.copy()
+        up[i] += h
+        dn[i] -= h
+        g[i] = (fit_curve(ws, up, n).alpha - fit_curve(ws, dn, n).alpha) / (2 * h)
+    return g
+
+
+def _matched(short_runs: list[dict], b: str, fit_runs: list[dict], full: dict[float, dict[int, float]]) -> dict:
+    """α of the matched short sweep and a seed-paired t interval for D = α_short − α_full (delta method): seed s
+    contributes z_s = Σ_w g_short,w · L_short(w, s) − g_full,w · L_full(w, s), with g the gradients of α in the cell
+    means. A shift common to every width does not move α (Σ g = 0), so seed offsets shared across widths drop out,
+    and the two sweeps' shared seeds (same init, same data order) make the difference far tighter than either α."""
     table: dict[float, dict[int, float]] = {}
     for r in short_runs:
         if r["arm"] == b and r["_fit"]:
             table.setdefault(r["d_model"], {})[int(r.get("seed", 0))] = float(r["_loss"])
-    if len(table) < 3:
-        raise WidthlabError(f"the short sweep has {len(table)} usable widths of arm {b!r} (< 3 for a fit): finish it "
-                            "(python -m train sweep --config <its recipe>) or leave --short_sweep out")
-    ws, n, c, prof, _ = _fit_table(table)
+    if sorted(table) != sorted(full) or any(set(table[w]) != set(full[w]) for w in full):
+        have = {int(w): sorted(v) for w, v in sorted(table.items())}
+        want = {int(w): sorted(v) for w, v in sorted(full.items())}
+        raise WidthlabError(f"the short sweep's usable runs {have} (width: seeds) differ from this sweep's {want}: "
+                            "a matched sweep needs the same widths and seeds (finish it, or leave --short_sweep out)")
     steps = lambda rs: float(np.median([r["steps"] for r in rs if r["arm"] == b and r.get("steps")] or [np.nan]))  # noqa: E731
     s_short, s_full = steps([r for r in short_runs if r["_fit"]]), steps(fit_runs)
-    if not s_short < s_full:
-        raise WidthlabError(f"the short sweep ran {s_short:g} steps, not fewer than this sweep's {s_full:g}: "
-                            "pass a sweep of the same design with fewer steps as --short_sweep")
+    if not 0.4 <= s_short / s_full <= 0.8:
+        raise WidthlabError(f"the short sweep ran {s_short:g} steps, {s_short / s_full:.0%} of this sweep's "
+                            f"{s_full:g}: a matched sweep runs 40–80 % of the steps (60 % in recipes/ptb_id_sweep_short)")
+    ws = sorted(full)
+    seeds = sorted(set.intersection(*(set(full[w]) for w in ws)))
+    n = np.array([len(full[w]) for w in ws], float)
+    mf = np.array([np.mean(list(full[w].values())) for w in ws])
+    ms = np.array([np.mean(list(table[w].values())) for w in ws])
+    cf, cs = fit_curve(ws, mf, n), fit_curve(ws, ms, n)
+    prof = _fit_table(table)[3]
+    gf, gs = _alpha_gradient(ws, mf, n), _alpha_gradient(ws, ms, n)
+    z = np.array([sum(gs[i] * table[w][s] - gf[i] * full[w][s] for i, w in enumerate(ws)) for s in seeds])
+    diff = cs.alpha - cf.alpha
+    if len(seeds) >= 2:
+        half = float(stats.t.ppf(0.5 + CI / 2, len(seeds) - 1) * np.std(z, ddof=1) / np.sqrt(len(seeds)))
+    else:
+        half = math.nan
+    lo, hi = diff - half, diff + half
+    outcome = ("undetermined" if not math.isfinite(half) else "not converged" if lo > 0 or hi < 0 else
+               "converged" if -CONVERGENCE_TOL <= lo and hi <= CONVERGENCE_TOL else "undetermined")
     a = prof["alpha"]
-    return {"checked": True, "kind": "matched", "alpha": c.alpha, "E": c.E, "lo": a.lo, "hi": a.hi,
+    return {"checked": True, "kind": "matched", "alpha": cs.alpha, "E": cs.E, "lo": a.lo, "hi": a.hi,
             "open_lo": a.open_lo, "open_hi": a.open_hi, "steps": s_short, "frac": s_short / s_full,
-            "n_runs": int(n.sum()), "n_widths": len(ws)}
+            "n_runs": int(sum(len(v) for v in table.values())), "n_widths": len(ws), "n_seeds": len(seeds),
+            "diff": diff, "diff_lo": lo, "diff_hi": hi, "tol": CONVERGENCE_TOL, "outcome": outcome,
+            "inside": outcome == "converged"}
 
 
 def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[dict] | None = None) -> dict:
@@ -120,15 +156,17 @@ def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[di
     # Convergence: if α moves outside its interval when training is shorter, the curve is still changing shape
     # and the final α reflects where training stopped, not the width limit.
     mid = _midrun(fit_runs, b, loss)
-    matched = _matched(short_runs, b, fit_runs) if short_runs is not None else None
-    for chk in (mid, matched):
-        if chk and chk["checked"]:
-            chk["inside"] = bool(a.lo <= chk["alpha"] <= a.hi) if math.isfinite(a.lo) else True
+    matched = _matched(short_runs, b, fit_runs, {w: d.cells[(b, w)] for w in ws}) if short_runs is not None else None
+    if mid["checked"]:
+        mid["inside"] = bool(a.lo <= mid["alpha"] <= a.hi) if math.isfinite(a.lo) else True
     conv = dict(matched or mid, midrun=mid, matched=matched)
-    if conv["checked"] and not conv["inside"]:
-        where = (f"in the {conv['steps']:g}-step sweep ({conv['frac'] * 100:.0f} % of the steps, own schedule)"
-                 if conv["kind"] == "matched" else f"at {CONVERGENCE_FRAC * 100:.0f} % of training")
-        fails.append(f"not converged: α {where} = {conv['alpha']:.3f}, outside [{a.lo:.3f}, {a.hi:.3f}]")
+    if matched and matched["outcome"] != "converged":
+        fails.append(f"{matched['outcome']}: α_short − α_full = {matched['diff']:+.3f} [{matched['diff_lo']:+.3f}, "
+                     f"{matched['diff_hi']:+.3f}] ({matched['steps']:g}-step sweep, own schedule; converged needs the "
+                     f"interval within ±{CONVERGENCE_TOL:g})")
+    elif not matched and mid["checked"] and not mid["inside"]:
+        fails.append(f"not converged: α at {CONVERGENCE_FRAC * 100:.0f} % of training = {mid['alpha']:.3f}, outside "
+                     f"[{a.lo:.3f}, {a.hi:.3f}]")
     return {"alpha": {"est": c.alpha, "lo": a.lo, "hi": a.hi, "open_lo": a.open_lo, "open_hi": a.open_hi},
             "E": {"est": c.E, "lo": e.lo, "hi": e.hi, "open_lo": e.open_lo, "open_hi": e.open_hi},
             "A": c.A, "rss_cells": c.rss, "n_widths": len(ws), "n_runs": int(n.sum()), "noise": source,

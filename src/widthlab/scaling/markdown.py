@@ -91,9 +91,11 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
     mid, matched = conv.get("midrun", conv), conv.get("matched")
     if matched:
         out.append(f"- convergence (decides): a matched sweep at {matched['frac'] * 100:.0f} % of the steps "
-                   f"({matched['steps']:g}, its own schedule; {matched['n_runs']} runs at {matched['n_widths']} widths) "
-                   f"gives α = {matched['alpha']:.3f} [{matched['lo']:.3f}, {matched['hi']:.3f}], E = "
-                   f"{matched['E']:.3f} — {'inside' if matched['inside'] else '**outside**'} α's interval")
+                   f"({matched['steps']:g}, its own schedule; {matched['n_runs']} runs, same widths and seeds) gives "
+                   f"α = {matched['alpha']:.3f} [{matched['lo']:.3f}, {matched['hi']:.3f}], E = {matched['E']:.3f}; "
+                   f"seed-paired α_short − α_full = {matched['diff']:+.3f} [{matched['diff_lo']:+.3f}, "
+                   f"{matched['diff_hi']:+.3f}] ({matched['n_seeds'] - 1} dof) → **{matched['outcome']}** "
+                   f"(converged: the interval within ±{matched['tol']:g}; not converged: it excludes 0)")
     if mid.get("checked"):
         out.append(f"- {'mid-run refit (information only)' if matched else 'convergence'}: refitted on the losses at "
                    f"60 % of training, α = {mid['alpha']:.3f}, E = {mid['E']:.3f} "
