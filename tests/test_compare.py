@@ -290,3 +290,16 @@ def test_a_run_whose_validation_rose_is_flagged_data_limited(tmp_path):
     res = compare(str(sweep), n_boot=20)
     flagged = [e for e in res["excluded"] if e["reason"].startswith("val rose 0.050")]
     assert {(e["arm"], e["d_model"]) for e in flagged} == {("packed", 64)} and res["n_fit"] == 14
+
+
+def test_an_arm_with_one_run_still_reports(tmp_path):
+    # The first archived run of a new arm: no multiplier can be drawn yet; the report must still be written
+    # (an empty log-scaled multiplier plot used to raise "Data cannot be log-scaled").
+    rows = ["arm,d_model,seed,val_loss"]
+    for w in WIDTHS:
+        for s in SEEDS:
+            rows.append(f"baseline,{w},{s},{power_law('baseline', w) + 0.003 * (s - 0.5) * (1 + w % 3)}")
+    rows.append(f"packed,{WIDTHS[0]},0,{power_law('baseline', WIDTHS[0]) + 0.5}")
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    res = compare(str(tmp_path / "r.csv"), n_boot=20, out=str(tmp_path / "out"))
+    assert (tmp_path / "out" / "multiplier_measured.png").is_file() and "packed" in res["verdict"]

@@ -106,12 +106,16 @@ def multiplier(boot: Bootstrap, arms: list[str], baseline: str, key: str = "k_m"
     baseline's range are missing)."""
     fig = _figure()
     ax = fig.add_subplot()
+    plotted = False
     for i, a in enumerate(arms):
         if a == baseline:
             continue
         s = _style(i)
         keys = sorted((int(k.rsplit("/", 1)[1]), k) for k in boot.est if k.startswith(f"{key}/{a}/"))
-        keys = [(w, k_) for w, k_ in keys if np.isfinite(boot.est[k_])]
+        keys = [(w, k_) for w, k_ in keys if np.isfinite(boot.est[k_]) and boot.est[k_] > 0]
+        if not keys:  # e.g. an arm with one run so far: nothing to draw, and an empty log axis cannot be scaled
+            continue
+        plotted = True
         ws = np.array([w for w, _ in keys], float) * 1.02 ** (i - len(arms) / 2)  # arms side by side
         k = np.array([boot.est[k_] for _, k_ in keys])
         lo = np.array([boot.ci[k_][0] for _, k_ in keys])
@@ -124,6 +128,8 @@ def multiplier(boot: Bootstrap, arms: list[str], baseline: str, key: str = "k_m"
         if summary and np.isfinite(boot.est[f"k/{a}"]):
             ax.axhline(boot.est[f"k/{a}"], color=s["color"], lw=1, alpha=0.6)
     ax.axhline(1.0, color="k", ls="--", lw=1)
+    if not plotted:
+        ax.set_ylim(0.5, 2.0)
     ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="k(m) = m_eq / m",
            title="effective-width multiplier" + ("" if key == "k_m" else " (measured baseline points)"))
     if ax.get_legend_handles_labels()[0]:
