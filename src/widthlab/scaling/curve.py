@@ -108,8 +108,8 @@ def _matched(short_runs: list[dict], b: str, fit_runs: list[dict], full: dict[fl
     n = np.array([len(full[w]) for w in ws], float)
     mf = np.array([np.mean(list(full[w].values())) for w in ws])
     ms = np.array([np.mean(list(table[w].values())) for w in ws])
-    cf, cs = fit_curve(ws, mf, n), fit_curve(ws, ms, n)
-    prof = _fit_table(table)[3]
+    cf = fit_curve(ws, mf, n)
+    _, _, cs, prof, _ = _fit_table(table)  # the short sweep's own fit and profile interval (one fit, not two)
     gf, gs = _alpha_gradient(ws, mf, n), _alpha_gradient(ws, ms, n)
     z = np.array([sum(gs[i] * table[w][s] - gf[i] * full[w][s] for i, w in enumerate(ws)) for s in seeds])
     diff = cs.alpha - cf.alpha
