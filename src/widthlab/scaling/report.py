@@ -23,7 +23,7 @@ from widthlab.scaling.fit import fit_loglog, fit_scaling
 from widthlab.scaling.inference import Design, boot_p, bootstrap
 from widthlab.scaling.interp import interpolated_equivalent
 from widthlab.scaling.markdown import interp_line, markdown
-from widthlab.scaling.runs import check_recipe, flag_limited, load_runs, sweep_defaults
+from widthlab.scaling.runs import arm_override_keys, check_recipe, flag_limited, load_runs, sweep_defaults
 from widthlab.scaling.seedtests import compare_cell, holm
 
 OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
@@ -62,7 +62,11 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     paths = [paths] if isinstance(paths, str) else list(paths)
     if n_boot < 10:
         raise WidthlabError(f"--n_boot must be at least 10 (got {n_boot}); 1000 gives stable 95 % intervals")
-    defaults = sweep_defaults(paths)
+    # Options given here win over (and are not merged from) the sweeps' compare sections.
+    given = {k for k, v in (("max_gap", max_gap), ("max_epochs", max_epochs), ("max_rise", max_rise),
+                            ("min_width", min_width), ("short_sweep", short_sweep), ("loss", loss != "auto" or None))
+             if v is not None}
+    defaults = sweep_defaults(paths, given)
     max_gap = defaults.get("max_gap", 0.25) if max_gap is None else max_gap
     max_epochs = defaults.get("max_epochs", 16.0) if max_epochs is None else max_epochs
     max_rise = defaults.get("max_rise", 0.02) if max_rise is None else max_rise
@@ -73,7 +77,8 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     if not runs:
         raise WidthlabError(f"no runs found in {paths}: pass a sweep dir with results.csv or run dirs "
                             "with metrics.json")
-    check_recipe(runs)
+    arm_keys = arm_override_keys(paths)
+    check_recipe(runs, arm_keys)
     loss = _loss_column(runs, defaults.get("loss", "auto") if loss == "auto" else loss)
     min_width = defaults.get("min_width") if min_width is None else min_width
     arms = sorted({r["arm"] for r in runs})
@@ -99,8 +104,9 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     d = Design.from_rows(m, L, arm, seeds, baseline, costs)
     boot = bootstrap(d, n_boot=n_boot, ci=CI, seed=seed)
     short_sweep = defaults.get("short_sweep") if short_sweep is None else short_sweep
-    curve = curve_checks(d, fit_runs, loss, _short_runs(short_sweep, runs, loss, min_width, max_gap, max_epochs,
-                                                        max_rise, include_limited) if short_sweep else None)
+    short = _short_runs(short_sweep, runs, arm_keys, loss, min_width, max_gap, max_epochs, max_rise,
+                        include_limited) if short_sweep else None
+    curve = curve_checks(d, fit_runs, loss, short)
     joint = fit_scaling(m, L, arm, baseline, shared_alpha)
 
     overlap = {}
@@ -159,7 +165,12 @@ def _mark(runs: list[dict], loss: str, min_width, max_gap, max_epochs, max_rise,
         r["_fit"], r["_why"] = not why, why
 
 
-def _short_runs(path: str, runs: list[dict], loss: str, *rules) -> list[dict]:
+# A matched short sweep is the same recipe trained for fewer steps: only its length and validation cadence differ.
+_LENGTH_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.val_check_interval",
+                "trainer.check_val_every_n_epoch")
+
+
+def _short_runs(path: str, runs: list[dict], arm_keys: set[str], loss: str, *rules) -> list[dict]:
     """The matched short sweep's runs, marked by the same rules, after checking it is the same recipe."""
     if not Path(path).exists():
         raise WidthlabError(f"short sweep {path} not found: run its sweep recipe first, or pass --short_sweep "
@@ -167,7 +178,7 @@ def _short_runs(path: str, runs: list[dict], loss: str, *rules) -> list[dict]:
     short = load_runs([path])
     if not short:
         raise WidthlabError(f"no runs found in the short sweep {path}")
-    check_recipe(runs + short)
+    check_recipe(runs + short, arm_keys, allow=_LENGTH_KEYS)
     if not any(loss in r for r in short):
         raise WidthlabError(f"the short sweep {path} has no {loss} column; pass --loss val_loss")
     _mark(short, loss, *rules)

@@ -11,7 +11,10 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 from widthlab import WidthlabError
+from widthlab.archive import run_settings, settings_differ
 from widthlab.scaling import events
 
 RECIPE_KEYS = ("data_source", "vocab_size", "n_layer", "seq_len")  # must agree for runs to share one curve
@@ -124,12 +127,47 @@ def load_runs(paths: list[str]) -> list[dict]:
     return runs
 
 
-def check_recipe(runs: list[dict]) -> None:
+def _settings(r: dict) -> dict | None:
+    """The settings that decide a run's result (widthlab.archive.run_settings of its config.yaml), or None for a row
+    without a run dir or config (e.g. numbers copied from a paper)."""
+    f = r["_dir"] / "config.yaml" if r.get("_dir") is not None else None
+    if f is None or not f.is_file():
+        return None
+    try:
+        return run_settings(yaml.safe_load(f.read_text()) or {})
+    except yaml.YAMLError:
+        raise WidthlabError(f"{f} is not valid YAML; re-run that point or delete its run dir") from None
+
+
+def check_recipe(runs: list[dict], arm_keys: set[str] = frozenset(), allow: tuple[str, ...] = ()) -> None:
+    """Refuse runs that do not share one recipe: the coarse keys of every row, then, for runs with a config.yaml,
+    every setting that decides a result. Runs of one arm may differ only in width; arms also in their
+    interventions and in the settings a sweep names as an arm's overrides (`arm_keys`, e.g. model.lr in an LR
+    scan); `allow` lists settings every run may differ in (a short sweep's length)."""
     for k in RECIPE_KEYS:
         vals = sorted({str(r[k]) for r in runs if k in r})
         if len(vals) > 1:
             raise WidthlabError(f"runs mix {k} values {vals}: compare runs of one recipe at a time "
                                 f"(pass only the sweep/run dirs that share {k})")
+    free = lambda k, same_arm: k in allow or (not same_arm and (  # noqa: E731
+        k.startswith("model.interventions") or any(k == a or k.startswith(a + ".") for a in arm_keys)))
+    # Each run against the first run of its arm (same arm: only the width may differ), and the first run of each
+    # arm against the first run of all (other arms: also their interventions and overrides).
+    first: dict[str, tuple[dict, dict]] = {}
+    for r, s in ((r, s) for r in runs if (s := _settings(r)) is not None):
+        same = r["arm"] in first
+        ref = first[r["arm"]] if same else next(iter(first.values()), None)
+        first.setdefault(r["arm"], (r, s))
+        if ref is None:
+            continue
+        r0, s0 = ref
+        diff = settings_differ({k: v for k, v in s0.items() if not free(k, same)},
+                               {k: v for k, v in s.items() if not free(k, same)})
+        if diff is not None:
+            k, a, b = diff
+            where = lambda q: f"{q['arm']} d={q.get('d_model')} s{q.get('seed', 0)}"  # noqa: E731
+            raise WidthlabError(f"runs differ in {k}: {a!r} ({where(r0)}) vs {b!r} ({where(r)}); compare runs of "
+                                "one recipe at a time (arms may differ only in their interventions and overrides)")
 
 
 def flag_limited(r: dict, max_gap: float, max_epochs: float, max_rise: float = 0.02) -> str:
@@ -152,16 +190,54 @@ def flag_limited(r: dict, max_gap: float, max_epochs: float, max_rise: float = 0
 
 
 
-def sweep_defaults(paths: list[str]) -> dict:
-    """The `compare` section a sweep recipe left in <sweep>/sweep.json (e.g. {"loss": "val_loss_best"}), or {}."""
+def _sweep_jsons(paths: list[str]) -> list[tuple[Path, dict]]:
+    out = []
     for p in map(Path, paths):
         f = p / "sweep.json"
         if f.is_file():
             try:
-                return dict(json.loads(f.read_text()).get("compare") or {})
-            except (ValueError, AttributeError):
+                out.append((p, dict(json.loads(f.read_text()))))
+            except (ValueError, TypeError):
                 raise WidthlabError(f"{f} is not valid JSON; re-run the sweep command to rewrite it") from None
-    return {}
+    return out
+
+
+def _find(rel: str, sweep: Path) -> str:
+    """A path a sweep recipe wrote (relative to where it ran): as given if it exists from here, else found from the
+    sweep dir or one of its parents (a repository's docs/results/<name> from outside the repository)."""
+    p = Path(rel)
+    if p.is_absolute() or p.exists():
+        return rel
+    return next((str(a / p) for a in [sweep, *sweep.resolve().parents] if (a / p).exists()), rel)
+
+
+def sweep_defaults(paths: list[str], given: set[str] = frozenset()) -> dict:
+    """The `compare` sections the sweep recipes left in <sweep>/sweep.json (e.g. {"loss": "val_loss_best"}), merged
+    over every sweep compared; two sweeps that set one key differently are a one-line error unless the key is in
+    `given` (set on the command line)."""
+    merged: dict = {}
+    for p, js in _sweep_jsons(paths):
+        try:
+            section = dict(js.get("compare") or {})
+        except (TypeError, ValueError):
+            raise WidthlabError(f"{p / 'sweep.json'}: compare must be a mapping") from None
+        if isinstance(section.get("short_sweep"), str):
+            section["short_sweep"] = _find(section["short_sweep"], p)
+        for k, v in section.items():
+            if k in given:
+                continue
+            old = merged.setdefault(k, (v, p))
+            same = old[0] == v or (k == "short_sweep" and Path(old[0]).resolve() == Path(v).resolve())
+            if not same:
+                raise WidthlabError(f"sweeps {old[1]} and {p} set compare.{k} differently ({old[0]!r} vs {v!r}): "
+                                    f"pass --{k} to choose")
+    return {k: v for k, (v, _) in merged.items()}
+
+
+def arm_override_keys(paths: list[str]) -> set[str]:
+    """The settings the compared sweeps' arms override (sweep.json arms), which may differ between arms."""
+    return {k for _, js in _sweep_jsons(paths) for ov in (js.get("arms") or {}).values()
+            if isinstance(ov, dict) for k in ov}
 
 
 def loss_at_fraction(r: dict, frac: float, best: bool) -> float:
