@@ -41,8 +41,8 @@ def test_one_recipe_compares_and_arms_differ_by_interventions(tmp_path):
 
 def test_a_setting_that_differs_within_an_arm_is_refused(tmp_path):
     sweep = add_configs(make_sweep(tmp_path / "sweep"), lr=lambda arm, w, s: 3e-3 if w == 128 else 1e-2)
-    with pytest.raises(WidthlabError, match=r"runs differ in model\.lr: 0\.01 \(baseline d=\d+ s0\) vs 0\.003 "
-                                            r"\(baseline d=128 s0\)"):
+    with pytest.raises(WidthlabError, match=r"runs of arm 'baseline' differ in model\.lr: 0\.01 \(baseline d=\d+ s0 "
+                                            r"in .*\) vs 0\.003 \(baseline d=128 s0 in .*sweep/baseline/d128/s0\)"):
         compare(str(sweep), n_boot=10)
 
 
@@ -50,9 +50,27 @@ def test_arms_may_differ_only_in_settings_a_sweep_declares(tmp_path):
     sweep = add_configs(make_sweep(tmp_path / "sweep"), lr=lambda arm, w, s: 3e-3 if arm == "packed" else 1e-2)
     with pytest.raises(WidthlabError, match=r"runs differ in model\.lr.*\(packed d="):
         compare(str(sweep), n_boot=10)
-    # An LR scan declares model.lr as what its arms change (sweep.json arms), so the same runs compare.
-    (sweep / "sweep.json").write_text(json.dumps({"arms": {"baseline": {}, "packed": {"model.lr": 3e-3}}}))
+    # An LR scan declares model.lr as what its arms change (sweep.json arms), so the same runs compare, also when
+    # the sweep is named by its results.csv.
+    (sweep / "sweep.json").write_text(json.dumps({"arms": {"baseline": {}, "packed": {"model.lr": 3e-3, "model.interventions": PACKED}}}))
     assert abs(compare(str(sweep), n_boot=10)["curve"]["alpha"]["est"] - 0.9) < 0.1
+    assert abs(compare(str(sweep / "results.csv"), n_boot=10)["curve"]["alpha"]["est"] - 0.9) < 0.1
+    # Declared overrides are per arm: an arm declared with only its interventions may not change the LR, and
+    # without a declaration the interventions are what an arm may change.
+    (sweep / "sweep.json").write_text(json.dumps({"arms": {"baseline": {}, "packed": {"model.interventions": []}}}))
+    with pytest.raises(WidthlabError, match=r"runs differ in model\.lr.*declare model\.lr in the sweep's arms"):
+        compare(str(sweep), n_boot=10)
+
+
+def test_a_setting_only_some_runs_have_is_still_compared_between_those(tmp_path):
+    # Old runs without an option are read at its default; runs that have it must agree among themselves.
+    sweep = add_configs(make_sweep(tmp_path / "sweep"))
+    for i, cfg in enumerate(sorted(sweep.glob("*/d*/s*/config.yaml"))[1:]):
+        doc = yaml.safe_load(cfg.read_text())
+        doc["data"]["max_eval_tokens"] = 100000 if i < 3 else 200000
+        cfg.write_text(yaml.safe_dump(doc))
+    with pytest.raises(WidthlabError, match=r"differ in data\.max_eval_tokens: (100000 .* vs 200000|200000 .* vs 100000)"):
+        compare(str(sweep), n_boot=10)
 
 
 def test_a_short_sweep_may_differ_only_in_length(tmp_path):
@@ -67,8 +85,15 @@ def test_a_short_sweep_may_differ_only_in_length(tmp_path):
                         steps=600)
     assert compare(str(sweep), n_boot=10, short_sweep=str(short))["curve"]["convergence"]["outcome"] == "converged"
     other = add_configs(make_sweep(tmp_path / "other", alter=alter), steps=600, lr=lambda arm, w, s: 2e-2)
-    with pytest.raises(WidthlabError, match=r"runs differ in model\.lr: 0\.01 .* vs 0\.02"):
+    with pytest.raises(WidthlabError, match=r"short sweep .*other: runs of arm 'baseline' differ in model\.lr: 0\.01 "
+                                            r"\(.* in .*sweep/.*\) vs 0\.02 \(.* in .*other/"):
         compare(str(sweep), n_boot=10, short_sweep=str(other))
+    # a short sweep must have one length itself (only its length may differ from the full sweep's)
+    mixed = add_configs(make_sweep(tmp_path / "mixed", alter=alter), steps=600)
+    cfg = mixed / "packed" / "d64" / "s1" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("max_steps: 600", "max_steps: 300"))
+    with pytest.raises(WidthlabError, match=r"short sweep .*mixed: runs of arm 'packed' differ in trainer\.max_steps"):
+        compare(str(sweep), n_boot=10, short_sweep=str(mixed))
 
 
 def test_sweep_defaults_merge_and_conflict(tmp_path):
@@ -81,6 +106,10 @@ def test_sweep_defaults_merge_and_conflict(tmp_path):
     with pytest.raises(WidthlabError, match=r"set compare\.loss differently .*pass --loss"):
         sweep_defaults([str(a), str(b)])
     assert sweep_defaults([str(a), str(b)], given={"loss"}) == {"min_width": 16}
+    # two spellings of one short sweep are not a conflict
+    (a / "sweep.json").write_text(json.dumps({"compare": {"short_sweep": str(b)}}))
+    (b / "sweep.json").write_text(json.dumps({"compare": {"short_sweep": str(b / ".." / "b")}}))
+    assert os.path.samefile(sweep_defaults([str(a), str(b)])["short_sweep"], b)
 
 
 def test_short_sweep_path_is_found_from_the_sweep_dir(tmp_path, monkeypatch):

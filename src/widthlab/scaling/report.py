@@ -37,7 +37,8 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
 
     Args:
         paths: A sweep dir (with results.csv), a results.csv, run dirs (with metrics.json), or a list of them
-            (`"[runs/a, runs/b]"`); all must share one recipe (data_source, vocab_size, n_layer, seq_len).
+            (`"[runs/a, runs/b]"`); all must share one recipe (every setting in the runs' config.yaml but the width, an
+            arm's interventions and its declared overrides; docs/statistics.md).
         baseline: The arm every other arm is measured against.
         shared_alpha: In the joint fit of all arms (drawn in the plot, A per arm), share the exponent α
             (default) or fit one per arm. The baseline's own curve is always fitted alone.
@@ -170,7 +171,7 @@ _LENGTH_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.val_check_in
                 "trainer.check_val_every_n_epoch")
 
 
-def _short_runs(path: str, runs: list[dict], arm_keys: set[str], loss: str, *rules) -> list[dict]:
+def _short_runs(path: str, runs: list[dict], arm_keys: dict[str, set[str]], loss: str, *rules) -> list[dict]:
     """The matched short sweep's runs, marked by the same rules, after checking it is the same recipe."""
     if not Path(path).exists():
         raise WidthlabError(f"short sweep {path} not found: run its sweep recipe first, or pass --short_sweep "
@@ -178,7 +179,11 @@ def _short_runs(path: str, runs: list[dict], arm_keys: set[str], loss: str, *rul
     short = load_runs([path])
     if not short:
         raise WidthlabError(f"no runs found in the short sweep {path}")
-    check_recipe(runs + short, arm_keys, allow=_LENGTH_KEYS)
+    try:
+        check_recipe(short, arm_keys)  # one length within the short sweep, then its recipe against the full one's
+        check_recipe(runs + short, arm_keys, allow=_LENGTH_KEYS)
+    except WidthlabError as e:
+        raise WidthlabError(f"short sweep {path}: {e}") from None
     if not any(loss in r for r in short):
         raise WidthlabError(f"the short sweep {path} has no {loss} column; pass --loss val_loss")
     _mark(short, loss, *rules)

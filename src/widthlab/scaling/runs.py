@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import yaml
@@ -43,11 +44,12 @@ def _coerce(row: dict) -> dict:
 
 
 def _run_dir(row: dict, sweep: Path) -> Path | None:
-    """results.csv's run_dir may be absolute, relative to where the sweep ran, or to the sweep dir."""
+    """results.csv's run_dir may be absolute, relative to the sweep dir (an archive's runs/<arm>/...), or to where
+    the sweep ran. The sweep dir is tried first: from inside another archive, cwd/runs/<arm>/... is that archive's."""
     cands = []
     if "run_dir" in row:
         p = Path(str(row["run_dir"]))
-        cands += [p] if p.is_absolute() else [Path.cwd() / p, sweep / p, sweep.parent / p, sweep / p.name]
+        cands += [p] if p.is_absolute() else [sweep / p, Path.cwd() / p, sweep.parent / p, sweep / p.name]
     if {"arm", "d_model", "seed"} <= row.keys():
         cands.append(sweep / str(row["arm"]) / f"d{row['d_model']}" / f"s{row['seed']}")
     return next((c.resolve() for c in cands if c.is_dir()), None)
@@ -128,46 +130,63 @@ def load_runs(paths: list[str]) -> list[dict]:
 
 
 def _settings(r: dict) -> dict | None:
-    """The settings that decide a run's result (widthlab.archive.run_settings of its config.yaml), or None for a row
-    without a run dir or config (e.g. numbers copied from a paper)."""
+    """The settings that decide a run's result (widthlab.archive.run_settings of its config.yaml), with the
+    interventions collapsed into one value, or None for a row without a run dir or config (numbers from a paper)."""
     f = r["_dir"] / "config.yaml" if r.get("_dir") is not None else None
     if f is None or not f.is_file():
         return None
     try:
-        return run_settings(yaml.safe_load(f.read_text()) or {})
+        flat = run_settings(yaml.safe_load(f.read_text()) or {})
     except yaml.YAMLError:
         raise WidthlabError(f"{f} is not valid YAML; re-run that point or delete its run dir") from None
+    iv = {k: v for k, v in flat.items() if k.startswith("model.interventions")}
+    out = {k: v for k, v in flat.items() if k not in iv}
+    out["model.interventions"] = json.dumps({k: v for k, v in iv.items() if v is not None}, sort_keys=True,
+                                            default=str)
+    return out
 
 
-def check_recipe(runs: list[dict], arm_keys: set[str] = frozenset(), allow: tuple[str, ...] = ()) -> None:
+def _where(r: dict) -> str:
+    d = r.get("_dir")
+    rel = os.path.relpath(d) if d else None
+    return f"{r['arm']} d={r.get('d_model')} s{r.get('seed', 0)}" + (
+        f" in {d if rel.startswith('..') else rel}" if d else "")
+
+
+def check_recipe(runs: list[dict], overrides: dict[str, set[str]] | None = None, allow: tuple[str, ...] = ()) -> None:
     """Refuse runs that do not share one recipe: the coarse keys of every row, then, for runs with a config.yaml,
-    every setting that decides a result. Runs of one arm may differ only in width; arms also in their
-    interventions and in the settings a sweep names as an arm's overrides (`arm_keys`, e.g. model.lr in an LR
-    scan); `allow` lists settings every run may differ in (a short sweep's length)."""
+    every setting that decides a result (one value per setting over all runs that have it; a setting only some
+    runs have is an option added since, read at its default). Runs of one arm may differ only in width. An arm
+    may differ from the others in the settings its sweep.json declares as its overrides (`overrides`: arm → keys,
+    e.g. model.lr in an LR scan); an arm no sweep.json declares, in its interventions. `allow`: settings no run is
+    checked on (a short sweep's length, checked on its own beforehand)."""
     for k in RECIPE_KEYS:
         vals = sorted({str(r[k]) for r in runs if k in r})
         if len(vals) > 1:
             raise WidthlabError(f"runs mix {k} values {vals}: compare runs of one recipe at a time "
                                 f"(pass only the sweep/run dirs that share {k})")
-    free = lambda k, same_arm: k in allow or (not same_arm and (  # noqa: E731
-        k.startswith("model.interventions") or any(k == a or k.startswith(a + ".") for a in arm_keys)))
-    # Each run against the first run of its arm (same arm: only the width may differ), and the first run of each
-    # arm against the first run of all (other arms: also their interventions and overrides).
-    first: dict[str, tuple[dict, dict]] = {}
-    for r, s in ((r, s) for r in runs if (s := _settings(r)) is not None):
-        same = r["arm"] in first
-        ref = first[r["arm"]] if same else next(iter(first.values()), None)
-        first.setdefault(r["arm"], (r, s))
-        if ref is None:
-            continue
-        r0, s0 = ref
-        diff = settings_differ({k: v for k, v in s0.items() if not free(k, same)},
-                               {k: v for k, v in s.items() if not free(k, same)})
-        if diff is not None:
-            k, a, b = diff
-            where = lambda q: f"{q['arm']} d={q.get('d_model')} s{q.get('seed', 0)}"  # noqa: E731
-            raise WidthlabError(f"runs differ in {k}: {a!r} ({where(r0)}) vs {b!r} ({where(r)}); compare runs of "
-                                "one recipe at a time (arms may differ only in their interventions and overrides)")
+    overrides = overrides or {}
+
+    def own(k: str, arm: str) -> bool:  # may this arm's value differ from the other arms'?
+        if arm not in overrides:
+            return k == "model.interventions"
+        return any(k == o or k.startswith(o + ".") or o.startswith(k + ".") for o in overrides[arm])
+
+    seen = [(r, s) for r in runs if (s := _settings(r)) is not None]
+    for k in sorted({k for _, s in seen for k in s} - set(allow)):
+        have = [(r, s[k]) for r, s in seen if k in s]
+        for r, v in have:  # within an arm: one value
+            r0, v0 = next((q, w) for q, w in have if q["arm"] == r["arm"])
+            if v != v0:
+                raise WidthlabError(f"runs of arm {r['arm']!r} differ in {k}: {v0!r} ({_where(r0)}) vs {v!r} "
+                                    f"({_where(r)}); an arm's runs must differ only in width: re-run one with "
+                                    "the sweep's settings")
+        common = [(r, v) for r, v in have if not own(k, r["arm"])]  # between arms: one value but declared ones
+        for r, v in common[1:]:
+            if v != common[0][1]:
+                raise WidthlabError(f"runs differ in {k}: {common[0][1]!r} ({_where(common[0][0])}) vs {v!r} "
+                                    f"({_where(r)}); compare runs of one recipe at a time, or declare {k} in the "
+                                    "sweep's arms: block if that arm changes it")
 
 
 def flag_limited(r: dict, max_gap: float, max_epochs: float, max_rise: float = 0.02) -> str:
@@ -193,6 +212,7 @@ def flag_limited(r: dict, max_gap: float, max_epochs: float, max_rise: float = 0
 def _sweep_jsons(paths: list[str]) -> list[tuple[Path, dict]]:
     out = []
     for p in map(Path, paths):
+        p = p.parent if p.is_file() else p  # a results.csv: its sweep dir
         f = p / "sweep.json"
         if f.is_file():
             try:
@@ -234,10 +254,17 @@ def sweep_defaults(paths: list[str], given: set[str] = frozenset()) -> dict:
     return {k: v for k, (v, _) in merged.items()}
 
 
-def arm_override_keys(paths: list[str]) -> set[str]:
-    """The settings the compared sweeps' arms override (sweep.json arms), which may differ between arms."""
-    return {k for _, js in _sweep_jsons(paths) for ov in (js.get("arms") or {}).values()
-            if isinstance(ov, dict) for k in ov}
+def arm_override_keys(paths: list[str]) -> dict[str, set[str]]:
+    """arm → the settings the compared sweeps declare as that arm's overrides (sweep.json arms); they may differ
+    from the other arms'. An arm declared by no sweep.json is absent."""
+    out: dict[str, set[str]] = {}
+    for p, js in _sweep_jsons(paths):
+        arms = js.get("arms") or {}
+        if not isinstance(arms, dict):
+            raise WidthlabError(f"{p / 'sweep.json'}: arms must be a mapping of arm → overrides")
+        for arm, ov in arms.items():
+            out.setdefault(arm, set()).update(ov if isinstance(ov, dict) else ())
+    return out
 
 
 def loss_at_fraction(r: dict, frac: float, best: bool) -> float:
