@@ -64,7 +64,10 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
     lines += ["", "## Verdict", "",
               "Per arm, at equal parameters (k_N) and at equal training FLOPs (k_C): *beats* / *loses to* when the "
               "summary multiplier differs from 1 with a Holm-adjusted bootstrap p < 0.05 over the arms, else "
-              "*is not distinguishable from* it (not an equivalence claim: read the interval, which is unadjusted). Only given when the baseline's curve passes its checks.", ""]
+              "*is not distinguishable from* it (not an equivalence claim: read the interval, which is unadjusted). Only given when the baseline's curve passes its checks. "
+              "Curve-free, per arm: the mean over the shared widths of arm − baseline at equal width, from a two-way "
+              "model (cell + seed effects, per-side variance, a per-seed arm effect; Satterthwaite dof), Holm-adjusted "
+              "over the arms: *lowers* / *raises* the loss when p < 0.05, else *does not distinguishably change* it.", ""]
     lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     return "\n".join(lines) + "\n"

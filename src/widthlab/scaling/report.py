@@ -24,7 +24,7 @@ from widthlab.scaling.inference import Design, boot_p, bootstrap
 from widthlab.scaling.interp import interpolated_equivalent
 from widthlab.scaling.markdown import interp_line, markdown
 from widthlab.scaling.runs import arm_override_keys, check_recipe, flag_limited, load_runs, sweep_defaults
-from widthlab.scaling.seedtests import compare_cell, holm
+from widthlab.scaling.seedtests import compare_cell, holm, pooled_delta
 
 OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
 
@@ -215,7 +215,39 @@ def _tests(d: Design) -> dict:
     return out
 
 
-def _verdicts(d: Design, boot, curve: dict) -> dict:
+def _pooled(d: Design) -> dict:
+    """Per arm: the curve-free verdict at equal width, the mean over the shared widths of arm − baseline from the
+    two-way model (seedtests.pooled_delta), Holm-adjusted over the arms; and whether the arm's params and FLOPs stay
+    within 5 % of the baseline's at every one of those widths (then equal width is also equal params and FLOPs)."""
+    b, out = d.baseline, {}
+    for a in d.arms[1:]:
+        ws = [w for w in d.widths(a) if (b, w) in d.cells]
+        r = pooled_delta({w: d.cells[(a, w)] for w in ws}, {w: d.cells[(b, w)] for w in ws})
+        if r is None:
+            continue
+        ratio = {k: [d.costs[k][(a, w)] / d.costs[k][(b, w)] for w in ws] for k in ("N", "C") if k in d.costs}
+        out[a] = {**vars(r), "widths": [int(w) for w in r.widths],
+                  "cost_ratio": {k: [min(v), max(v)] for k, v in ratio.items()},
+                  "same_cost": bool(ratio) and all(abs(x - 1) <= 0.05 for v in ratio.values() for x in v)}
+    for a, p in zip(out, holm([v["p"] for v in out.values()])):
+        out[a]["p_holm"] = p
+        v = out[a]
+        v["word"] = ("unavailable" if math.isnan(p) else "lowers" if p < 0.05 and v["diff"] < 0 else
+                     "raises" if p < 0.05 else "does not distinguishably change")
+    return out
+
+
+def _pooled_text(v: dict) -> str:
+    ws = "/".join(map(str, v["widths"]))
+    cost = ("params and FLOPs within 5 % of the baseline's, so this is also the verdict at equal params and FLOPs"
+            if v["same_cost"] else "costs differ (" + ", ".join(
+                f"{'params' if k == 'N' else 'FLOPs'} ×{lo:.2g}–{hi:.2g}" for k, (lo, hi) in v["cost_ratio"].items())
+            + "): at equal params or FLOPs read the measured-point multipliers")
+    return (f"at equal width (m = {ws}) it {v['word']} the loss: mean Δ = {v['diff']:+.4f} [{v['lo']:+.4f}, "
+            f"{v['hi']:+.4f}] nats (two-way model, {v['dof']:.1f} dof, Holm p = {v['p_holm']:.2g}); {cost}")
+
+
+def _verdicts(d: Design, boot, curve: dict, pooled: dict) -> dict:
     """Per arm and cost axis (params N, FLOPs C): beats / is not distinguishable from / loses to the baseline's curve, from the summary
     multiplier's bootstrap p-value for k = 1 with Holm's correction over the arms."""
     arms = d.arms[1:]
@@ -234,11 +266,12 @@ def _verdicts(d: Design, boot, curve: dict) -> dict:
         if not curve["ok"]:
             reasons = "; ".join(curve["not_identified"] + curve["fails"])
             v["text"] = (f"no curve verdict: the baseline's curve does not pass its checks ({reasons}); "
-                         f"measured-point k_int,C(m): {interp_line(boot_interp(boot, d, a), 'C')}")
+                         + (f"{_pooled_text(pooled[a])}; " if a in pooled else "")
+                         + f"measured-point k_int,C(m): {interp_line(boot_interp(boot, d, a), 'C')}")
         else:
             v["text"] = (f"{v['N']['word']} the curve at equal params (k_N = {_f(v['N'])}, Holm p = "
                          f"{v['N']['p_holm']:.2g}); {v['C']['word']} it at equal FLOPs (k_C = {_f(v['C'])}, "
-                         f"Holm p = {v['C']['p_holm']:.2g})")
+                         f"Holm p = {v['C']['p_holm']:.2g})" + (f"; {_pooled_text(pooled[a])}" if a in pooled else ""))
     return res
 
 
@@ -310,7 +343,8 @@ def _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap,
         res[name] = {a: _iv(boot, f"{name}/{a}") for a in d.arms}
         res[f"{name}_m"] = {a: per_width("k_m" if name == "k" else name, a) for a in d.arms}
     res["interpolated"] = {a: boot_interp(boot, d, a) for a in d.arms}
-    res["verdict"] = _verdicts(d, boot, curve)
+    res["pooled"] = _pooled(d)
+    res["verdict"] = _verdicts(d, boot, curve, res["pooled"])
     return res
 
 
