@@ -173,6 +173,27 @@ def test_archive_outlives_the_sweep_dir(env, tmp_path, cache_dir, capsys):
         assert all((base / r["run_dir"] / "metrics.json").is_file() for r in rs)
         assert all(r["status"] == "ok" for r in rs)
 
+    # An archive committed as results.csv alone (its runs/ once git-ignored): the rows are restored as the runs'
+    # metrics.json, nothing is re-trained, and the settings the metrics record are still checked.
+    saved = {(w, s): json.loads((archive / "runs" / "baseline" / f"d{w}" / f"s{s}" / "metrics.json").read_text())
+             for _, w, s in six}
+    shutil.copytree(archive / "runs", tmp_path / "kept")
+    shutil.rmtree(archive / "runs")
+    shutil.rmtree(root)
+    sweep(seeds=[0, 1, 2], **kw)
+    log = capsys.readouterr().out
+    assert "6 point(s) listed in results.csv without their run dir, restored" in log and "6 already finished" in log
+    assert not (root / "baseline").exists()
+    for (w, s), m in saved.items():
+        back = json.loads((archive / "runs" / "baseline" / f"d{w}" / f"s{s}" / "metrics.json").read_text())
+        assert back.pop("restored_from") == "results.csv"
+        assert back == {k: v for k, v in m.items() if v is not None}
+    with pytest.raises(WidthlabError, match=r"was trained with trainer\.max_steps=2, but this sweep would use "
+                                            r"trainer\.max_steps=3"):
+        sweep(**{**kw, "out_dir": str(tmp_path / "elsewhere"), "overrides": {**ov, "trainer.max_steps": 3}}, seeds=[0])
+    shutil.rmtree(archive / "runs")
+    shutil.copytree(tmp_path / "kept", archive / "runs")  # with their config.yaml again
+
     # Mixing is refused: a changed setting, before any run directory or file is written.
     with pytest.raises(WidthlabError, match=r"baseline d=32 s0\) was trained with model\.lr=0\.003, but this sweep "
                                             r"would use model\.lr=0\.01; give this sweep its own name"):
@@ -194,3 +215,25 @@ def test_settings_compare_what_decides_a_result():
     iv = [{"class_path": "widthlab.interventions.logits.ZLoss", "init_args": {"coef": 1e-4}}]
     diff = settings_differ(old, run_settings({**cfg, "model": {**cfg["model"], "interventions": iv}}))
     assert diff is not None and diff[:2] == ("model.interventions", None)
+
+
+def test_archives_are_not_git_ignored():
+    """The per-run summaries of an archive must be committable (a `runs/` pattern once hid them)."""
+    import subprocess
+    repo = os.path.dirname(TESTS)
+    if not os.path.isdir(os.path.join(repo, ".git")):
+        pytest.skip("not a git checkout")
+    path = "docs/results/some_sweep/runs/baseline/d8/s0/metrics.json"
+    assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 1  # 1: not ignored
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/smoke/metrics.json"], cwd=repo).returncode == 0
+
+
+def test_validated_configs_stay_what_config_yaml_holds(cache_dir, tmp_path):
+    """validate() builds every arm's model; that must not turn its config's interventions into objects, or an
+    archived run of that arm (whose config.yaml holds plain dicts) no longer matches its own sweep."""
+    from widthlab.sweep import plan, validate
+    points = plan("recipes/smoke.yaml", [32], [0], {"zloss": {"model.interventions": ZLOSS}}, tiny(cache_dir),
+                  str(tmp_path))
+    cfg = validate(points)["zloss"]
+    assert run_settings(cfg)["model.interventions.0.class_path"] == "widthlab.interventions.logits.ZLoss"
+    assert run_settings(cfg)["model.interventions.0.init_args.coef"] == 1e-3

@@ -5,6 +5,8 @@ Layout: <archive>/runs/<arm>/d<width>/s<seed>/{config.yaml, metrics.json}, <arch
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import threading
@@ -70,3 +72,71 @@ def copy_run(run_dir: str, dst: str) -> None:
     os.makedirs(dst, exist_ok=True)
     for name in ("config.yaml", "metrics.json"):
         _copy_atomic(os.path.join(run_dir, name), os.path.join(dst, name))
+
+
+# Columns of a results.csv row that say where the run is, not what it measured (widthlab.sweep._rows).
+_POINT_COLS = ("arm", "run_dir")
+# What a metrics.json records of the settings that trained it, and the resolved-config key each one is.
+_RECORDED = {"n_layer": "model.n_layer", "vocab_size": "data.vocab_size", "seq_len": "data.seq_len",
+             "steps": "trainer.max_steps"}
+RESTORED = "restored_from"
+
+
+def _cell(v: str) -> Any:
+    """A results.csv cell back as the JSON value metrics.json held (lists and dicts were JSON-encoded)."""
+    if v in ("nan", "inf", "-inf"):  # how csv writes a float JSON cannot spell
+        return float(v)
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def restore_from_results(archive: str) -> int:
+    """Rebuild <archive>/runs/<arm>/d<width>/s<seed>/metrics.json from <archive>/results.csv for every listed point
+    whose file is missing; returns how many. Archives committed while .gitignore still hid docs/results/*/runs/
+    hold only results.csv, whose rows are exactly the runs' metrics.json plus the arm and run_dir, so
+    nothing is invented. Their config.yaml is lost: the file says so (restored_from), and a sweep then checks the
+    settings the metrics record (recorded_differ) instead of the full config."""
+    fn = os.path.join(archive, "results.csv")
+    if not os.path.isfile(fn):
+        return 0
+    with open(fn, newline="") as f:
+        rows = list(csv.DictReader(f))
+    n = 0
+    for r in rows:
+        dst = archive_dir(archive, r["arm"], int(r["d_model"]), int(r["seed"]))
+        if os.path.isfile(os.path.join(dst, "metrics.json")):
+            continue
+        # '' is a key this run lacked (another row had it) or held as None: either reads as None, so it is dropped
+        m = {k: _cell(v) for k, v in r.items() if k not in _POINT_COLS and v not in (None, "")}
+        m[RESTORED] = "results.csv"
+        os.makedirs(dst, exist_ok=True)
+        tmp = os.path.join(dst, f"metrics.json.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(m, f, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(dst, "metrics.json"))
+        n += 1
+    return n
+
+
+def _classes(interventions: Any) -> list[str]:
+    """Intervention class names, from a config's [{class_path: ...}] or a metrics.json's ['Name(args)', ...]."""
+    out = []
+    for iv in interventions or []:
+        s = iv.get("class_path", "") if isinstance(iv, dict) else str(iv).split("(")[0]
+        out.append(s.rsplit(".", 1)[-1])
+    return sorted(out)
+
+
+def recorded_differ(metrics: dict, config: dict) -> tuple[str, Any, Any] | None:
+    """For a point restored without its config.yaml: the first setting its metrics record (layers, vocabulary,
+    context, steps of a finished run, intervention classes) that differs from the resolved config, or None."""
+    flat = run_settings(config)
+    for col, key in _RECORDED.items():
+        if col == "steps" and metrics.get("status") != "ok":
+            continue  # a diverged run stopped early
+        if metrics.get(col) is not None and key in flat and metrics[col] != flat[key]:
+            return key, metrics[col], flat[key]
+    old, new = _classes(metrics.get("interventions")), _classes((config.get("model") or {}).get("interventions"))
+    return None if old == new else ("model.interventions", old, new)

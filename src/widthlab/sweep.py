@@ -10,7 +10,8 @@ An archive (`archive: docs/results/<sweep>`) makes a sweep outlive the machine: 
 and config.yaml are copied to `<archive>/runs/<arm>/d<width>/s<seed>/` and `<archive>/results.csv` is rebuilt, so
 committing the archive commits the results. On a fresh clone (no runs/), every archived point counts as finished
 and the sweep runs only what is missing. An archived point must have been trained with the settings this sweep
-would use (see `run_settings`), or the sweep refuses to start.
+would use (see `run_settings`), or the sweep refuses to start. An archive committed as results.csv alone has its
+rows restored as the runs' metrics.json (widthlab.archive.restore_from_results) and continues the same way.
 
 `--launcher slurm` hands each point to SLURM through submitit instead (one job per point, one job array per call,
 requeued after pre-emption; `submitit-local` runs the same jobs on this machine): widthlab.launchers. The points,
@@ -19,6 +20,7 @@ their commands, the resume and the results collection are the same as here.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import glob
 import io
@@ -37,7 +39,8 @@ import yaml
 
 from widthlab import WidthlabError
 from widthlab.tb_views import write_sweep_layout
-from widthlab.archive import archive_dir, copy_run, run_settings, settings_differ
+from widthlab.archive import (RESTORED, archive_dir, copy_run, recorded_differ, restore_from_results, run_settings,
+                              settings_differ)
 from widthlab.callbacks.run_info import write_json_atomic
 from widthlab.launchers import ClusterOptions, check_engine, run_jobs, start_fit
 
@@ -135,7 +138,7 @@ def _build_models(arm: str, config: dict, widths: list[int]) -> None:
     from widthlab.cli import _widthlab_cause
     from widthlab.module import LitGPT
 
-    model = dict(config.get("model") or {})
+    model = copy.deepcopy(config.get("model") or {})  # instantiating turns the dicts in place into objects
     vocab = int((config.get("data") or {}).get("vocab_size", model.get("vocab_size", 4096)))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(LitGPT, "model")
@@ -191,11 +194,14 @@ def check_archive(archive: str, points: list[Point], configs: dict[str, dict]) -
         else:
             src = p.run_dir
         fn = os.path.join(src, "config.yaml")
-        if not os.path.isfile(fn):
+        if not os.path.isfile(fn) and RESTORED in _metrics(src):
+            diff = recorded_differ(_metrics(src), configs[p.arm])  # only what its metrics record can be checked
+        elif not os.path.isfile(fn):
             raise WidthlabError(f"{fn} is missing, so {p.arm} d={p.width} s{p.seed} cannot be checked against this "
                                 "sweep; restore it, or delete that run directory to train the point again")
-        with open(fn) as f:
-            diff = settings_differ(run_settings(yaml.safe_load(f) or {}), run_settings(configs[p.arm]))
+        else:
+            with open(fn) as f:
+                diff = settings_differ(run_settings(yaml.safe_load(f) or {}), run_settings(configs[p.arm]))
         if diff is not None:
             k, old, new = diff
             raise WidthlabError(f"{src} ({p.arm} d={p.width} s{p.seed}) was trained with {k}={old!r}, but this sweep "
@@ -295,6 +301,9 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     if launcher != "local":
         check_engine(launcher)
     configs = validate(run_points)
+    if archive is not None and (n := restore_from_results(archive)):
+        print(f"{archive}: {n} point(s) listed in results.csv without their run dir, restored from their rows "
+              "(no config.yaml: checked on the settings their metrics record)", flush=True)
     n_archived = check_archive(archive, run_points, configs) if archive is not None else 0
     os.makedirs(root, exist_ok=True)
     spec = {"name": name, "recipe": recipe, "widths": widths, "seeds": seeds, "arms": arms or {"baseline": {}},
