@@ -65,9 +65,12 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
               "Per arm, at equal parameters (k_N) and at equal training FLOPs (k_C): *beats* / *loses to* when the "
               "summary multiplier differs from 1 with a Holm-adjusted bootstrap p < 0.05 over the arms, else "
               "*is not distinguishable from* it (not an equivalence claim: read the interval, which is unadjusted). Only given when the baseline's curve passes its checks. "
-              "Curve-free, per arm: the mean over the shared widths of arm − baseline at equal width, from a two-way "
-              "model (cell + seed effects, per-side variance, a per-seed arm effect; Satterthwaite dof), Holm-adjusted "
-              "over the arms: *lowers* / *raises* the loss when p < 0.05, else *does not distinguishably change* it.", ""]
+              "Curve-free, per arm (the verdict to read when the curve fails): the mean over the shared widths of arm − "
+              "baseline at equal width, by a paired t over the seeds both ran at every one of those widths (exact "
+              "whatever a seed does; 1 dof with two seeds), Holm-adjusted over the arms: *lowers* / *raises* the "
+              "loss when p < 0.05, else *detectably changes neither way* (not an equivalence claim; the printed "
+              "interval is unadjusted). Per-width Δ tests below are descriptive; each kind of verdict is corrected "
+              "over the arms, not across kinds.", ""]
     lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     return "\n".join(lines) + "\n"

@@ -215,36 +215,56 @@ def _tests(d: Design) -> dict:
     return out
 
 
+# Within this fraction of the baseline's params and FLOPs an arm counts as costing the same. The baseline's loss
+# falls ≈ 0.4 nats per e-fold of params at these widths, so 5 % more params is worth ≈ 0.02 nats, as much as the
+# pooled interval; 0.5 % is worth ≈ 0.002, well inside it.
+SAME_COST = 0.005
+
+
 def _pooled(d: Design) -> dict:
-    """Per arm: the curve-free verdict at equal width, the mean over the shared widths of arm − baseline from the
-    two-way model (seedtests.pooled_delta), Holm-adjusted over the arms; and whether the arm's params and FLOPs stay
-    within 5 % of the baseline's at every one of those widths (then equal width is also equal params and FLOPs)."""
+    """Per arm: the curve-free verdict at equal width, the mean over the shared widths of arm − baseline by a
+    paired t over seeds (seedtests.pooled_delta), Holm-adjusted over the arms; and whether the arm's params and
+    FLOPs stay within SAME_COST of the baseline's at every one of those widths (then equal width is also equal
+    params and FLOPs)."""
     b, out = d.baseline, {}
     for a in d.arms[1:]:
         ws = [w for w in d.widths(a) if (b, w) in d.cells]
         r = pooled_delta({w: d.cells[(a, w)] for w in ws}, {w: d.cells[(b, w)] for w in ws})
         if r is None:
             continue
-        ratio = {k: [d.costs[k][(a, w)] / d.costs[k][(b, w)] for w in ws] for k in ("N", "C") if k in d.costs}
-        out[a] = {**vars(r), "widths": [int(w) for w in r.widths],
+        ratio = {k: [d.costs[k].get((a, w), math.nan) / d.costs[k].get((b, w), math.nan) for w in r.widths]
+                 for k in ("N", "C") if k in d.costs}
+        ratio = {k: v for k, v in ratio.items() if all(math.isfinite(x) for x in v)}  # a cost some run lacks: unknown
+        out[a] = {**vars(r), "widths": [int(w) for w in r.widths], "seeds": [int(s) for s in r.seeds],
                   "cost_ratio": {k: [min(v), max(v)] for k, v in ratio.items()},
-                  "same_cost": bool(ratio) and all(abs(x - 1) <= 0.05 for v in ratio.values() for x in v)}
+                  "same_cost": len(ratio) == 2 and all(abs(x - 1) <= SAME_COST for v in ratio.values() for x in v)}
     for a, p in zip(out, holm([v["p"] for v in out.values()])):
         out[a]["p_holm"] = p
         v = out[a]
         v["word"] = ("unavailable" if math.isnan(p) else "lowers" if p < 0.05 and v["diff"] < 0 else
-                     "raises" if p < 0.05 else "does not distinguishably change")
+                     "raises" if p < 0.05 else "detectably changes neither way")
     return out
 
 
+_NO_POOLED = "no curve-free verdict (it needs two seeds that both arms ran at every width they share)"
+
+
 def _pooled_text(v: dict) -> str:
-    ws = "/".join(map(str, v["widths"]))
-    cost = ("params and FLOPs within 5 % of the baseline's, so this is also the verdict at equal params and FLOPs"
-            if v["same_cost"] else "costs differ (" + ", ".join(
-                f"{'params' if k == 'N' else 'FLOPs'} ×{lo:.2g}–{hi:.2g}" for k, (lo, hi) in v["cost_ratio"].items())
-            + "): at equal params or FLOPs read the measured-point multipliers")
-    return (f"at equal width (m = {ws}) it {v['word']} the loss: mean Δ = {v['diff']:+.4f} [{v['lo']:+.4f}, "
-            f"{v['hi']:+.4f}] nats (two-way model, {v['dof']:.1f} dof, Holm p = {v['p_holm']:.2g}); {cost}")
+    ws, ss = "/".join(map(str, v["widths"])), "/".join(map(str, v["seeds"]))
+    if v["same_cost"]:
+        cost = (f"params and FLOPs within {SAME_COST:.1%} of the baseline's, so this is also the verdict at equal "
+                "params and FLOPs")
+    elif v["cost_ratio"]:
+        cost = ("costs differ (" + ", ".join(f"{'params' if k == 'N' else 'FLOPs'} ×{lo:.3g}–{hi:.3g}"
+                                             for k, (lo, hi) in v["cost_ratio"].items())
+                + "): at equal params or FLOPs read the measured-point multipliers")
+    else:
+        cost = "params or FLOPs not recorded for every run, so not known at equal cost"
+    word = v["word"] if v["word"] != "detectably changes neither way" else \
+        "detectably changes neither way (not an equivalence claim: read the interval)"
+    return (f"at equal width (m = {ws}) it {word} the loss: mean Δ = {v['diff']:+.4f}, 95 % CI (unadjusted) "
+            f"[{v['lo']:+.4f}, {v['hi']:+.4f}] nats (paired t over seeds {ss}, {v['dof']:.0f} dof, Holm p = "
+            f"{v['p_holm']:.2g}); {cost}")
 
 
 def _verdicts(d: Design, boot, curve: dict, pooled: dict) -> dict:
@@ -266,12 +286,12 @@ def _verdicts(d: Design, boot, curve: dict, pooled: dict) -> dict:
         if not curve["ok"]:
             reasons = "; ".join(curve["not_identified"] + curve["fails"])
             v["text"] = (f"no curve verdict: the baseline's curve does not pass its checks ({reasons}); "
-                         + (f"{_pooled_text(pooled[a])}; " if a in pooled else "")
+                         + f"{_pooled_text(pooled[a]) if a in pooled else _NO_POOLED}; "
                          + f"measured-point k_int,C(m): {interp_line(boot_interp(boot, d, a), 'C')}")
         else:
             v["text"] = (f"{v['N']['word']} the curve at equal params (k_N = {_f(v['N'])}, Holm p = "
                          f"{v['N']['p_holm']:.2g}); {v['C']['word']} it at equal FLOPs (k_C = {_f(v['C'])}, "
-                         f"Holm p = {v['C']['p_holm']:.2g})" + (f"; {_pooled_text(pooled[a])}" if a in pooled else ""))
+                         f"Holm p = {v['C']['p_holm']:.2g}); " + (_pooled_text(pooled[a]) if a in pooled else _NO_POOLED))
     return res
 
 
