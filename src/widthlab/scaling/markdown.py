@@ -68,7 +68,7 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
               "Curve-free, per arm (the verdict to read when the curve fails): the mean over the shared widths of arm − "
               "baseline at equal width, by a paired t over the seeds both ran at every one of those widths (exact "
               "whatever a seed does; 1 dof with two seeds), Holm-adjusted over the arms: *lowers* / *raises* the "
-              "loss when p < 0.05, else *detectably changes neither way* (not an equivalence claim; the printed "
+              "loss when p < 0.05, else *does not detectably change* it (not an equivalence claim; the printed "
               "interval is unadjusted). Per-width Δ tests below are descriptive; each kind of verdict is corrected "
               "over the arms, not across kinds.", ""]
     lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]

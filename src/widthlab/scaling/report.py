@@ -242,7 +242,7 @@ def _pooled(d: Design) -> dict:
         out[a]["p_holm"] = p
         v = out[a]
         v["word"] = ("unavailable" if math.isnan(p) else "lowers" if p < 0.05 and v["diff"] < 0 else
-                     "raises" if p < 0.05 else "detectably changes neither way")
+                     "raises" if p < 0.05 else "does not detectably change")
     return out
 
 
@@ -260,8 +260,8 @@ def _pooled_text(v: dict) -> str:
                 + "): at equal params or FLOPs read the measured-point multipliers")
     else:
         cost = "params or FLOPs not recorded for every run, so not known at equal cost"
-    word = v["word"] if v["word"] != "detectably changes neither way" else \
-        "detectably changes neither way (not an equivalence claim: read the interval)"
+    word = {"unavailable": "has no usable test of", "does not detectably change":
+            "does not detectably change (not an equivalence claim: read the interval)"}.get(v["word"], v["word"])
     return (f"at equal width (m = {ws}) it {word} the loss: mean Δ = {v['diff']:+.4f}, 95 % CI (unadjusted) "
             f"[{v['lo']:+.4f}, {v['hi']:+.4f}] nats (paired t over seeds {ss}, {v['dof']:.0f} dof, Holm p = "
             f"{v['p_holm']:.2g}); {cost}")
