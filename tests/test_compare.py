@@ -87,7 +87,9 @@ def test_compare_recovers_fit_and_writes_report(tmp_path):
     row = next(l for l in glance.splitlines() if l.startswith("| packed |")).split("|")[2:-1]
     deltas = [float(x) for x in row[0].split("/")]
     assert deltas == pytest.approx([power_law("packed", w) - power_law("baseline", w) for w in WIDTHS], abs=0.012)
-    assert [x.strip() for x in row[1:3]] == [" / ".join(["1.00"] * 4)] * 2 and row[4].strip().endswith("> 1")
+    assert [x.strip() for x in row[2:4]] == [" / ".join(["1.00"] * 4)] * 2 and row[6].strip().endswith("> 1")
+    v = res["pooled"]["packed"]  # the curve-free Δ and its interval, as the verdict gives them
+    assert row[1].strip() == f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" and v["hi"] < 0
 
     tb = [p.parent for p in (sweep / "tb_compare").rglob("events.out.tfevents.*")]
     acc = EventAccumulator(str(tb[0]), size_guidance={"images": 0})

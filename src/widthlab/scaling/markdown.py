@@ -189,8 +189,9 @@ def _overlap(res: dict) -> list[str]:
 
 
 def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
-    """One row per arm: its loss change at each width, what it costs, what it does to the head's overlap, and
-    its measured-point multiplier — the table to read first when a sweep has many arms."""
+    """One row per arm: its loss change at each width and pooled over them, what it costs, what it does to the
+    head's and the embedding's overlap, and its measured-point multiplier — the table to read first when a sweep
+    has many arms, and the one that says whether the loss follows the overlap."""
     b = res["baseline"]
     mean = lambda a, w, k: float(np.mean([r[k] for r in cells.get((a, w), []) if isinstance(r.get(k), (int, float))]  # noqa
                                          or [math.nan]))
@@ -198,13 +199,15 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
     arms = [a for a in res["arms"] if a != b]
     if not arms or not widths:
         return []
-    ws = " / ".join(str(w) for w in widths)
+    ws, ends = " / ".join(str(w) for w in widths), f"m = {widths[0]} → {widths[-1]}"
     out = ["", "## Arms at a glance", "",
-           f"At m = {ws}: Δ = arm − baseline fitted loss (nats/token), params and FLOPs/token as ratios to the "
-           f"baseline's, k_int(m) = the measured-point width multiplier (below); head mean cos² (raw / centred) as "
-           f"a ratio to the baseline's at m = {widths[0]}.", "",
-           "| arm | Δ loss | params × | FLOPs/token × | head mean cos² × (raw / centred) | k_int(m) |",
-           "|---|---|---|---|---|---|"]
+           f"At m = {ws}: Δ = arm − baseline fitted loss (nats/token); the curve-free Δ over the widths with its "
+           f"unadjusted 95 % interval (see Verdict); params and FLOPs/token as ratios to the baseline's; mean cos² of "
+           f"the head (raw / centred) and of the input embedding as ratios to the baseline's at {ends}; "
+           f"k_int(m) = the measured-point width multiplier (below).", "",
+           f"| arm | Δ loss | curve-free Δ | params × | FLOPs/token × | head mean cos² × ({ends}) | embedding mean "
+           f"cos² × ({ends}) | k_int(m) |",
+           "|---|---|---|---|---|---|---|---|"]
 
     def ratio(a, w, k) -> str:
         x = mean(a, w, k) / mean(b, w, k)
@@ -213,11 +216,17 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
     def per_width(a, k) -> str:  # costs vary with m when an idea adds a fixed-size piece (a 256-wide head)
         return " / ".join(ratio(a, w, k) for w in widths)
 
+    def span(a, *keys) -> str:  # at the narrowest and the widest width
+        return " → ".join("/".join(ratio(a, w, k) for k in keys) for w in (widths[0], widths[-1]))
+
     for a in arms:
         delta = [mean(a, w, "_loss") - mean(b, w, "_loss") for w in widths]
         d = " / ".join(f"{x:+.3f}" if math.isfinite(x) else "–" for x in delta)
+        p = res.get("pooled", {}).get(a)
+        pooled = f"{p['diff']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}]" if p else "–"
         k = " / ".join(fmt_int(res["interpolated"][a][w]["m"]) if w in res["interpolated"].get(a, {}) else "–"
                        for w in widths)
-        head = f"{ratio(a, widths[0], 'geom_unembed_mean_cos2')} / {ratio(a, widths[0], 'geom_unembed_mean_cos2_centred')}"
-        out.append(f"| {a} | {d} | {per_width(a, 'params')} | {per_width(a, 'flops_per_token')} | {head} | {k} |")
+        head = span(a, "geom_unembed_mean_cos2", "geom_unembed_mean_cos2_centred")
+        out.append(f"| {a} | {d} | {pooled} | {per_width(a, 'params')} | {per_width(a, 'flops_per_token')} | {head} "
+                   f"| {span(a, 'geom_embed_mean_cos2')} | {k} |")
     return out
