@@ -12,6 +12,10 @@ import shutil
 import threading
 from typing import Any
 
+import yaml
+
+from widthlab import WidthlabError
+
 # What decides a run's result, besides the point itself (arm, d_model, seed): every model.* and data.* setting but
 # the ones below, the training-length and optimisation settings of the trainer, and a custom optimizer/scheduler.
 # Logging, checkpoint, monitor and device-placement settings do not change the numbers and may differ.
@@ -140,3 +144,41 @@ def recorded_differ(metrics: dict, config: dict) -> tuple[str, Any, Any] | None:
             return key, metrics[col], flat[key]
     old, new = _classes(metrics.get("interventions")), _classes((config.get("model") or {}).get("interventions"))
     return None if old == new else ("model.interventions", old, new)
+
+
+def read_metrics(run_dir: str) -> dict:
+    """The run's metrics.json, or {} when there is none (not finished, or a fit without RunRecorder)."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def check_archive(archive: str, points: list, configs: dict[str, dict]) -> int:
+    """Refuse (WidthlabError) if a finished point, archived or in the sweep dir about to be archived, was trained
+    with other settings than this sweep's; returns how many of the points are in the archive."""
+    n = 0
+    for p in points:
+        src = archive_dir(archive, p.arm, p.width, p.seed)
+        if os.path.isfile(os.path.join(src, "metrics.json")):
+            n += 1
+        elif not os.path.isfile(os.path.join(p.run_dir, "metrics.json")):
+            continue
+        else:
+            src = p.run_dir
+        fn = os.path.join(src, "config.yaml")
+        if not os.path.isfile(fn) and RESTORED in read_metrics(src):
+            diff = recorded_differ(read_metrics(src), configs[p.arm])  # only what its metrics record can be checked
+        elif not os.path.isfile(fn):
+            raise WidthlabError(f"{fn} is missing, so {p.arm} d={p.width} s{p.seed} cannot be checked against this "
+                                "sweep; restore it, or delete that run directory to train the point again")
+        else:
+            with open(fn) as f:
+                diff = settings_differ(run_settings(yaml.safe_load(f) or {}), run_settings(configs[p.arm]))
+        if diff is not None:
+            k, old, new = diff
+            raise WidthlabError(f"{src} ({p.arm} d={p.width} s{p.seed}) was trained with {k}={old!r}, but this sweep "
+                                f"would use {k}={new!r}; give this sweep its own name and archive, or set {k} back "
+                                f"to {old!r}")
+    return n

@@ -39,8 +39,7 @@ import yaml
 
 from widthlab import WidthlabError
 from widthlab.tb_views import write_sweep_layout
-from widthlab.archive import (RESTORED, archive_dir, copy_run, recorded_differ, restore_from_results, run_settings,
-                              settings_differ)
+from widthlab.archive import archive_dir, check_archive, copy_run, read_metrics, restore_from_results
 from widthlab.callbacks.run_info import write_json_atomic
 from widthlab.launchers import ClusterOptions, check_engine, run_jobs, start_fit
 
@@ -165,7 +164,7 @@ def _finished_runs(base: str) -> list[tuple[str, int, int, str]]:
 
 def _rows(found: list[tuple[str, int, int, str]], base: str) -> list[dict]:
     return [{"arm": arm, "seed": seed, "run_dir": os.path.relpath(run_dir, base), **m, "d_model": width}
-            for arm, width, seed, run_dir in found if (m := _metrics(run_dir))]
+            for arm, width, seed, run_dir in found if (m := read_metrics(run_dir))]
 
 
 def collect(root: str, points: list[Point], archive: str | None = None) -> list[dict]:
@@ -179,35 +178,6 @@ def collect(root: str, points: list[Point], archive: str | None = None) -> list[
         have = {f[:3] for f in found if os.path.isfile(os.path.join(f[3], "metrics.json"))}
         found += [f for f in _finished_runs(os.path.join(archive, "runs")) if f[:3] not in have]
     return _rows(found, root)
-
-
-def check_archive(archive: str, points: list[Point], configs: dict[str, dict]) -> int:
-    """Refuse (WidthlabError) if a finished point, archived or in the sweep dir about to be archived, was trained
-    with other settings than this sweep's; returns how many of the points are in the archive."""
-    n = 0
-    for p in points:
-        src = archive_dir(archive, p.arm, p.width, p.seed)
-        if os.path.isfile(os.path.join(src, "metrics.json")):
-            n += 1
-        elif not os.path.isfile(os.path.join(p.run_dir, "metrics.json")):
-            continue
-        else:
-            src = p.run_dir
-        fn = os.path.join(src, "config.yaml")
-        if not os.path.isfile(fn) and RESTORED in _metrics(src):
-            diff = recorded_differ(_metrics(src), configs[p.arm])  # only what its metrics record can be checked
-        elif not os.path.isfile(fn):
-            raise WidthlabError(f"{fn} is missing, so {p.arm} d={p.width} s{p.seed} cannot be checked against this "
-                                "sweep; restore it, or delete that run directory to train the point again")
-        else:
-            with open(fn) as f:
-                diff = settings_differ(run_settings(yaml.safe_load(f) or {}), run_settings(configs[p.arm]))
-        if diff is not None:
-            k, old, new = diff
-            raise WidthlabError(f"{src} ({p.arm} d={p.width} s{p.seed}) was trained with {k}={old!r}, but this sweep "
-                                f"would use {k}={new!r}; give this sweep its own name and archive, or set {k} back "
-                                f"to {old!r}")
-    return n
 
 
 def write_archive_results(archive: str) -> str:
@@ -359,7 +329,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     def finish(p: Point, t0: float, why: str | None, logs: str) -> None:
         """A point's run has ended, one way or another: record it, and say how it went."""
         record([p])
-        m = _metrics(p.run_dir)
+        m = read_metrics(p.run_dir)
         status = "done"
         if not m:  # whatever the exit status said, a run without metrics.json did not finish
             failed.append(p.run_dir)
@@ -398,11 +368,3 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
           + (f" (archived in {archive}: commit it)" if archive is not None else "")
           + f"\nnext: python -m train compare {root}")
     return path
-
-
-def _metrics(run_dir: str) -> dict:
-    fn = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(fn):
-        return {}
-    with open(fn) as f:
-        return json.load(f)

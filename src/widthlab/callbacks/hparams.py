@@ -5,22 +5,12 @@ writes one session into the run's own event directory (widthlab.tb_views). Add i
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import lightning as L
 
 from widthlab import tb_views
-
-
-def read_metrics(log_dir: str) -> dict:
-    """The run's metrics.json, or {} when there is none (a fit without RunRecorder)."""
-    try:
-        with open(os.path.join(log_dir, "metrics.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+from widthlab.archive import read_metrics
 
 
 class HParamsWriter(L.Callback):

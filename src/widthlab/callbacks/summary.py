@@ -12,7 +12,7 @@ import time
 import lightning as L
 
 from widthlab import tb_views
-from widthlab.callbacks.hparams import read_metrics
+from widthlab.archive import read_metrics
 
 
 def _num(x, fmt: str) -> str:
