@@ -168,8 +168,8 @@ def check_archive(archive: str, points: list, configs: dict[str, dict]) -> int:
         else:
             src = p.run_dir
         fn = os.path.join(src, "config.yaml")
-        if not os.path.isfile(fn) and RESTORED in read_metrics(src):
-            diff = recorded_differ(read_metrics(src), configs[p.arm])  # only what its metrics record can be checked
+        if not os.path.isfile(fn) and RESTORED in (m := read_metrics(src)):
+            diff = recorded_differ(m, configs[p.arm])  # only what its metrics record can be checked
         elif not os.path.isfile(fn):
             raise WidthlabError(f"{fn} is missing, so {p.arm} d={p.width} s{p.seed} cannot be checked against this "
                                 "sweep; restore it, or delete that run directory to train the point again")
