@@ -10,7 +10,7 @@ import pytest
 from widthlab import WidthlabError
 from widthlab.archive import run_settings, settings_differ
 from widthlab.scaling.report import compare
-from widthlab.sweep import sweep
+from widthlab.sweep import plan, sweep
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ZLOSS = [{"class_path": "widthlab.interventions.logits.ZLoss", "init_args": {"coef": 1e-3}}]
@@ -89,6 +89,8 @@ def test_killed_sweep_resumes_and_keeps_one_row_per_run(swept):
     ([32, 48], {}, r"widths \[48\] are not multiples of head_dim=32"),
     ([32], {"a/b": {}, "ok": {}}, r"arm names \['a/b'\] are not safe directory names"),
     ([32], {"..": {}}, r"arm names \['\.\.'\] are not safe"),
+    ([32], {"few": {"seeds": []}}, "arm few: seeds must be a non-empty list"),
+    ([32], {"twice": {"seeds": [1, 1]}}, "arm twice: seeds must be .* without repeats"),
     ([32, 64], {"baseline": {}, "typo": {"model.no_such_knob": 1}}, "arm 'typo'"),
     ([32, 64], {"bad_iv": {"model.interventions": [{"class_path": "widthlab.interventions.NoSuchIdea"}]}},
      "arm 'bad_iv'"),
@@ -103,6 +105,19 @@ def test_bad_input_fails_before_any_run_dir(tmp_path, cache_dir, widths, arms, m
         sweep(recipe="recipes/smoke.yaml", widths=widths, arms=arms, name="bad", out_dir=str(tmp_path),
               overrides=tiny(cache_dir))
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_arm_may_have_its_own_seeds(tmp_path):
+    # A third seed for one arm only: that arm's points gain it, the others keep the sweep's seeds, and `seeds`
+    # never reaches the fit's command line as an override.
+    arms = {"baseline": {}, "more": {"seeds": [0, 1, 2], "model.dropout": 0.0}}
+    points = plan("recipes/smoke.yaml", [32, 64], [0, 1], arms, {}, str(tmp_path))
+    got = {(p.arm, p.width, p.seed) for p in points}
+    assert got == {("baseline", w, s) for w in (32, 64) for s in (0, 1)} | {("more", w, s) for w in (32, 64)
+                                                                             for s in (0, 1, 2)}
+    assert all("--seeds" not in p.args and "seeds" not in p.args for p in points)
+    assert all(p.args[p.args.index("--model.dropout") + 1] == "0.0" for p in points if p.arm == "more")
+    assert arms["more"]["seeds"] == [0, 1, 2]  # the caller's dict (sweep.json records it) is left as given
 
 
 def test_compare_on_a_three_width_sweep(swept, tmp_path):

@@ -58,6 +58,11 @@ def _flag(key: str, value: Any) -> list[str]:
     return [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
 
 
+def arm_overrides(ov: dict | None) -> dict[str, Any]:
+    """An arm's dotted recipe overrides: its entry in the sweep's arms, less its own `seeds`."""
+    return {k: v for k, v in (ov or {}).items() if k != "seeds"}
+
+
 def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[str, Any]],
          overrides: dict[str, Any], root: str) -> list[Point]:
     if not widths:
@@ -77,6 +82,12 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
     if bad:
         raise WidthlabError(f"arm names {bad} are not safe directory names; use letters, digits, '_', '-' or '.' "
                             "(starting with a letter or digit; 'submitit' is taken by the job logs)")
+    # An arm may list its own seeds (`seeds: [0, 1, 2]` beside its overrides): more seeds where an effect is small.
+    arm_seeds = {arm: (ov or {}).get("seeds", seeds) for arm, ov in arms.items()}
+    arms = {arm: arm_overrides(ov) for arm, ov in arms.items()}
+    for arm, ss in arm_seeds.items():
+        if not isinstance(ss, list) or not ss or len(set(ss)) != len(ss) or not all(isinstance(s, int) for s in ss):
+            raise WidthlabError(f"arm {arm}: seeds must be a non-empty list of integers without repeats (got {ss})")
     for arm, ov in arms.items():
         head_dim = {**overrides, **(ov or {})}.get("model.head_dim", base.get("model", {}).get("head_dim", 32))
         bad = [w for w in widths if w % head_dim]
@@ -86,7 +97,7 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
     points = []
     for arm, ov in arms.items():
         for w in sorted(widths):
-            for s in seeds:
+            for s in arm_seeds[arm]:
                 run_dir = os.path.join(root, arm, f"d{w}", f"s{s}")
                 args = ["fit", "--config", recipe, "--trainer.default_root_dir", run_dir,
                         "--model.d_model", str(w), "--seed_everything", str(s), "--data.seed", str(s),
@@ -218,7 +229,8 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         recipe: the fit recipe (a LightningCLI YAML) every point starts from
         widths: d_model values (multiples of model.head_dim)
         seeds: seeds; each sets seed_everything and data.seed
-        arms: arm name → dotted recipe overrides, e.g. {"bigram": {"model.interventions": [...]}}; default one "baseline"
+        arms: arm name → dotted recipe overrides, e.g. {"bigram": {"model.interventions": [...]}}; default one "baseline".
+            An arm's own `seeds: [...]` among them replaces `seeds` for that arm
         overrides: dotted overrides applied to every arm (e.g. trainer.max_steps)
         name: sweep name; runs go to <out_dir>/<name>/<arm>/d<width>/s<seed>/
         out_dir: parent directory of the sweep
@@ -306,7 +318,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
             if only is not None and arm not in only:
                 continue
             run_coord_check(recipe=recipe, widths=widths, steps=5, seed=seeds[0],
-                            out=os.path.join(root, arm, "coord_check"), overrides={**(overrides or {}), **(ov or {})})
+                            out=os.path.join(root, arm, "coord_check"), overrides={**(overrides or {}), **arm_overrides(ov)})
     todo = [p for p in run_points if not finished(p)]
     print(f"sweep {name}: {len(run_points)} runs, {len(run_points) - len(todo)} already finished"
           + (f" ({n_archived} in the archive {archive})" if archive is not None else ""), flush=True)

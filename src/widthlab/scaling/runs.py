@@ -263,7 +263,7 @@ def arm_override_keys(paths: list[str]) -> dict[str, set[str]]:
         if not isinstance(arms, dict):
             raise WidthlabError(f"{p / 'sweep.json'}: arms must be a mapping of arm → overrides")
         for arm, ov in arms.items():
-            out.setdefault(arm, set()).update(ov if isinstance(ov, dict) else ())
+            out.setdefault(arm, set()).update(k for k in (ov if isinstance(ov, dict) else ()) if k != "seeds")
     return out
 
 
