@@ -34,7 +34,7 @@ def make_sweep(root, recipe_of=lambda arm: RECIPE, drop_csv_col=None, loss_of=po
                 d.mkdir(parents=True)
                 row = {"arm": arm, "d_model": w, "seed": s, "run_dir": str(d), "val_loss": loss,
                        "train_loss_eval": loss - 0.02, "val_loss_best": loss, "tokens": 20 * params, "epochs": 2.0, "params": params,
-                       "params_nonembed": 24 * w * w, "flops_per_token": 6 * params,
+                       "params_nonembed": 24 * w * w, "wall_s": 60.0 * w / 32, "flops_per_token": 6 * params,
                        "flops": 6 * params * 20 * params, "tokens_per_param": 20.0,
                        "geom_unembed_mean_cos2": 1.1 / w * np.exp(rng.normal(0, 0.02)), **recipe_of(arm)}
                 if alter:
@@ -104,10 +104,16 @@ def test_cli_and_run_dirs(tmp_path, capsys):
     out = tmp_path / "out"
     main(["compare", str(sweep), "--n_boot", "40", "--out", str(out)])
     assert (out / "report.md").exists() and "beats the curve" in capsys.readouterr().out
+    # the report says which command made it and how long the runs took (60 s · m/32 a run: 1 h in all)
+    report = (out / "report.md").read_text()
+    assert f"- this report: `python -m train compare {sweep} --n_boot 40 --out {out}`" in report
+    assert "run time: 1.00 h summed over the 16 runs" in report
+    assert next(l for l in report.splitlines() if l.startswith("| baseline | 128 |")).split("|")[9].strip() == "4.0 min"
     # run dirs (metrics.json) instead of results.csv, passed as a list
     dirs = [str(p) for p in sorted(sweep.glob("*/d*/s*"))]
     res = compare(dirs, n_boot=40, out=str(tmp_path / "out2"))
     assert res["n_fit"] == 16 and res["k"]["packed"]["est"] > 1
+    assert res["provenance"]["compare_command"] is None  # called from Python: no command line to quote
 
 
 def test_a_curve_that_does_not_fit_gets_no_curve_verdict(tmp_path):

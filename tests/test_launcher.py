@@ -183,6 +183,10 @@ def test_docs_slurm_recipe_submits_one_array_with_its_options(env, tmp_path, cac
     book = json.loads((tmp_path / doc["name"] / "submitit" / "jobs.json").read_text())
     assert {k: v["job_id"] for k, v in book.items()} == {"baseline/d32/s0": "4242_0", "baseline/d64/s0": "4242_1"}
     assert "submitted a SLURM array of 2 job(s)" in capsys.readouterr().out
+    # sweep.json says which command made the sweep (compare's report quotes it)
+    spec = json.loads((tmp_path / doc["name"] / "sweep.json").read_text())
+    assert spec["command"] == f"python -m train sweep --config {sweep_yaml} --wait false"
+    assert spec["launcher"] == "slurm"
 
 
 def test_bad_launcher_inputs_fail_before_any_run(env, tmp_path, monkeypatch):

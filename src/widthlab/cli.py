@@ -12,11 +12,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
+import shlex
 import sys
 
 from widthlab import WidthlabError
 
 LIGHTNING_COMMANDS = ["fit", "validate", "test"]
+# The command line this process was started with, as a user would retype it; sweep.json and report.md record it so
+# a result says which command made it (None when widthlab is called from Python).
+INVOKED: str | None = None
 SUBCOMMANDS = {
     "sweep": "widthlab.sweep:sweep",
     "compare": "widthlab.scaling.report:compare",
@@ -74,7 +78,9 @@ def check_command(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global INVOKED
     argv = sys.argv[1:] if argv is None else list(argv)
+    INVOKED = shlex.join(["python", "-m", "train", *argv])
     try:
         check_command(argv)
         if argv and argv[0] in SUBCOMMANDS:
@@ -90,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        INVOKED = None  # a later call from Python (tests, notebooks) must not inherit this command
 
 
 def _widthlab_cause(e: BaseException | None) -> WidthlabError | None:

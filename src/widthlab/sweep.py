@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import yaml
 
-from widthlab import WidthlabError
+from widthlab import WidthlabError, cli
 from widthlab.tb_views import write_sweep_layout
 from widthlab.archive import archive_dir, check_archive, copy_run, read_metrics, restore_from_results
 from widthlab.callbacks.run_info import write_json_atomic
@@ -289,7 +289,8 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     n_archived = check_archive(archive, run_points, configs) if archive is not None else 0
     os.makedirs(root, exist_ok=True)
     spec = {"name": name, "recipe": recipe, "widths": widths, "seeds": seeds, "arms": arms or {"baseline": {}},
-            "overrides": overrides or {}, "compare": compare}
+            "overrides": overrides or {}, "compare": compare, "devices": devices, "launcher": launcher,
+            "command": cli.INVOKED}
     for d in [root] + ([archive] if archive is not None else []):
         os.makedirs(d, exist_ok=True)
         write_json_atomic(os.path.join(d, "sweep.json"), spec)

@@ -39,9 +39,10 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
              f"Data-limited rule: {res['rule']}. How every number below is computed: docs/statistics.md.", ""]
     if res["skipped"]:
         lines += [f"Skipped: {', '.join(res['skipped'])}.", ""]
+    lines += _how_run(res.get("provenance"))
     lines += ["## Runs", "",
               "| arm | m | seeds | fitted loss (mean ± sd) | last val loss | epochs | tokens/param | gap (val − train_eval) "
-              "| excluded |", "|---|---|---|---|---|---|---|---|---|"]
+              "| run time (median) | excluded |", "|---|---|---|---|---|---|---|---|---|---|"]
     cells: dict[tuple, list[dict]] = {}
     for r in runs:
         cells.setdefault((r["arm"], r.get("d_model", -1)), []).append(r)
@@ -55,7 +56,8 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
         why = "; ".join(sorted({r["_why"] for r in rs if r["_why"]}))
         last = v("val_loss")
         lines.append(f"| {a} | {w} | {len(rs)} | {ls} | {f'{np.mean(last):.4f}' if last else '–'} | "
-                     f"{mean(v('epochs'))} | {mean(v('tokens_per_param'))} | {mean(gaps)} | {why or '–'} |")
+                     f"{mean(v('epochs'))} | {mean(v('tokens_per_param'))} | {mean(gaps)} | {_minutes(v('wall_s'))} | "
+                     f"{why or '–'} |")
     lines += glance(res, cells)
     lines += _curve(res, c, pct)
     if len(res["arms"]) > 1:
@@ -74,6 +76,28 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
     lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     return "\n".join(lines) + "\n"
+
+
+def _minutes(walls: list[float]) -> str:
+    return f"{np.median(walls) / 60:.1f} min" if walls else "–"
+
+
+def _how_run(prov: dict | None) -> list[str]:
+    """Which commands made these results and how long the runs took (sweep.json, the runs' wall_s)."""
+    if not prov:
+        return []
+    lines = ["## How this was run", ""]
+    for s in prov["sweeps"]:
+        how = f"`{s['command']}`" if s.get("command") else "command not recorded (a sweep.json written before it was)"
+        par = f", {s['devices']} run(s) at a time" if s.get("devices") else ""
+        lines.append(f"- sweep `{s.get('name')}` ({s['dir']}): fit recipe `{s.get('recipe')}`{par}; last run by {how}")
+    if prov.get("compare_command"):
+        lines.append(f"- this report: `{prov['compare_command']}`")
+    if prov["n_timed"]:
+        lines.append(f"- run time: {prov['wall_s_total'] / 3600:.2f} h summed over the {prov['n_timed']} runs that "
+                     "recorded it (wall clock of each fit, including validation and the overlap monitor; runs side "
+                     "by side share the cores); median per run in the Runs table")
+    return lines + [""]
 
 
 def _curve(res: dict, c: dict, pct: str) -> list[str]:

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from widthlab import WidthlabError
+from widthlab import WidthlabError, cli
 from widthlab.scaling import plots
 from widthlab.scaling.curve import CI, curve_checks
 from widthlab.scaling.fit import fit_loglog, fit_scaling
 from widthlab.scaling.inference import Design, boot_p, bootstrap
 from widthlab.scaling.interp import interpolated_equivalent
 from widthlab.scaling.markdown import interp_line, markdown
-from widthlab.scaling.runs import arm_override_keys, check_recipe, flag_limited, load_runs, sweep_defaults
+from widthlab.scaling.runs import (arm_override_keys, check_recipe, flag_limited, load_runs, provenance,
+                                   sweep_defaults)
 from widthlab.scaling.seedtests import compare_cell, holm, pooled_delta
 
 OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
@@ -141,6 +142,9 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
 
     result = _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap, max_epochs, max_rise,
                       include_limited, skipped)
+    result["provenance"] = {**provenance(paths, runs),
+                            "compare_command": cli.INVOKED if (cli.INVOKED or "").startswith("python -m train compare")
+                            else None}
     result["files"] = sorted(["report.md", "compare.json"] + [f"{n}.png" for n in figs])
     _write_atomic(out_dir / "compare.json", json.dumps(_jsonable(result), indent=2) + "\n")
     _write_atomic(out_dir / "report.md", markdown(result, runs, figs))

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 import yaml
@@ -220,6 +221,19 @@ def _sweep_jsons(paths: list[str]) -> list[tuple[Path, dict]]:
             except (ValueError, TypeError):
                 raise WidthlabError(f"{f} is not valid JSON; re-run the sweep command to rewrite it") from None
     return out
+
+
+def provenance(paths: list[str], runs: list[dict]) -> dict:
+    """What made these results: each sweep's recipe and command (sweep.json), and the runs' wall times."""
+    sweeps = [{"dir": str(p), **{k: js.get(k) for k in ("name", "recipe", "command", "devices", "launcher")}}
+              for p, js in _sweep_jsons(paths)]
+    walls: dict[str, dict[int, list[float]]] = {}
+    for r in runs:
+        if isinstance(r.get("wall_s"), (int, float)) and math.isfinite(r["wall_s"]):
+            walls.setdefault(r["arm"], {}).setdefault(int(r.get("d_model", -1)), []).append(float(r["wall_s"]))
+    return {"sweeps": sweeps, "n_timed": sum(len(v) for a in walls.values() for v in a.values()),
+            "wall_s_total": sum(sum(v) for a in walls.values() for v in a.values()),
+            "wall_s_median": {a: {w: statistics.median(v) for w, v in sorted(ws.items())} for a, ws in walls.items()}}
 
 
 def _find(rel: str, sweep: Path) -> str:
