@@ -127,6 +127,27 @@ def test_a_curve_that_does_not_fit_gets_no_curve_verdict(tmp_path):
     report = (sweep / "report.md").read_text()
     assert "**the power law does not fit these cell means to within seed noise**" in report
     assert "**warning**: the curve does not pass its checks" in report
+    # α's interval allowing for the misfit: the noise scaled by χ²/dof on the lack-of-fit dof, so wider
+    c, m = res["curve"], res["curve"]["alpha_misfit"]
+    assert m["dispersion"] == pytest.approx(c["lack_of_fit"]["chi2_dof"]) and m["dof"] == 2
+    assert m["lo"] <= c["alpha"]["lo"] and m["hi"] >= c["alpha"]["hi"] and m["hi"] - m["lo"] > c["alpha"]["hi"] - c["alpha"]["lo"]
+    assert "allowing for the misfit" in report
+    good = compare(str(make_sweep(tmp_path / "good")), n_boot=10)
+    assert good["curve"]["alpha_misfit"] is None and good["curve"]["ok"]  # a curve that fits needs no such interval
+
+
+def test_a_floor_not_bounded_away_from_zero_is_not_identified():
+    # Loss ≈ log-linear in m with a small floor: E's profile interval runs down to 0, so α and E trade off. In this
+    # draw Ê = 0.26 sits inside its range, so only the interval can tell (before session 8 this passed as identified).
+    from widthlab.scaling.curve import curve_checks
+    from widthlab.scaling.inference import Design
+    rng = np.random.default_rng(4)
+    ws, seeds = [8, 16, 24, 32, 48], [0, 1, 2]
+    off = rng.normal(0, 0.004, 3)
+    cells = {("baseline", w): {s: 0.05 + 5.66 * w ** -0.1 + off[s] + rng.normal(0, 0.004) for s in seeds} for w in ws}
+    c = curve_checks(Design("baseline", ["baseline"], cells, {}), [], "val_loss_best")
+    assert c["E"]["open_lo"] and any(w.startswith("E's interval reaches 0") for w in c["not_identified"])
+    assert not c["ok"]
 
 
 def test_an_unidentified_fit_gets_no_curve_verdict(tmp_path):
@@ -241,7 +262,41 @@ def test_matched_difference_interval_covers(tmp_path):
         fit_runs = [{"arm": "baseline", "steps": 1000}]
         m = _matched(short_runs, "baseline", fit_runs, full)
         hits += m["diff_lo"] <= 0 <= m["diff_hi"]
+        assert m["method"] == "delta method"  # E = 3 is far from its bound: α is smooth in the data
     assert 0.91 <= hits / n <= 0.99, hits / n
+
+
+def test_matched_interval_covers_near_the_floor_bound(tmp_path):
+    # A curve like the 3560-step stage-2 fit (E = 0.05 ≈ its bound 0, α = 0.1, seed noise 0.004): moving one cell
+    # mean by its noise puts E on the bound, so the delta method's linearisation fails (referee, session 8: forced,
+    # it covered 0.68 here). Those draws must fall back to per-seed refits, and the interval must cover again.
+    from widthlab.scaling.curve import _matched
+    rng = np.random.default_rng(3)
+    ws, seeds = [8, 16, 24, 32, 48], [0, 1, 2]
+    truth = lambda w: 0.05 + 5.66 * w ** -0.1  # noqa: E731
+    hits, refits, n = 0, 0, 200
+    for _ in range(n):
+        off = rng.normal(0, 0.004, len(seeds))
+        e1 = rng.normal(0, 0.004, (len(ws), len(seeds)))
+        e2 = 0.8 * e1 + 0.6 * rng.normal(0, 0.004, e1.shape)
+        full = {w: {s: truth(w) + off[j] + e1[i, j] for j, s in enumerate(seeds)} for i, w in enumerate(ws)}
+        short_runs = [{"arm": "baseline", "_fit": True, "d_model": w, "seed": s, "steps": 600,
+                       "_loss": truth(w) + 0.1 + off[j] + e2[i, j]} for i, w in enumerate(ws) for j, s in enumerate(seeds)]
+        m = _matched(short_runs, "baseline", [{"arm": "baseline", "steps": 1000}], full)
+        hits += m["diff_lo"] <= 0 <= m["diff_hi"]
+        refits += m["method"].startswith("per-seed refits")
+    assert refits > n / 2, refits
+    assert 0.9 <= hits / n <= 0.99, hits / n
+
+
+def test_alpha_gradient_ignores_a_common_shift():
+    # A shift of every cell mean moves only E, so ∂α/∂ȳ sums to 0, also with E close to its bound (the earlier
+    # step h = 1e-3 crossed the bound there and returned a secant summing to −0.44).
+    from widthlab.scaling.curve import _alpha_gradient
+    ws, n = [8, 16, 24, 32, 48], np.full(5, 3.0)
+    y = np.array([4.6555, 4.3272, 4.1710, 4.0563, 3.8794])  # the committed 3560-step stage-2 cell means
+    g = _alpha_gradient(ws, y, n)
+    assert abs(g.sum()) < 1e-2 * np.abs(g).max(), g
 
 
 def test_a_run_listed_twice_is_kept_once(tmp_path):

@@ -75,6 +75,15 @@ def test_pooled_invariances_and_refusals():
     gap = {w: dict(c) for w, c in arm.items()}
     del gap[16][1]
     assert pooled_delta(gap, base) is None
+    # a third seed at some widths only (a sweep part-way through adding it): the test keeps to the seeds run at
+    # every shared width, so the extra runs change nothing until they cover all widths
+    part = {w: {**c, 2: c[0] + 0.5} if w in (8, 16) else dict(c) for w, c in arm.items()}
+    rp = pooled_delta(part, base)
+    assert rp.seeds == [0, 1] and rp.dof == 1 and (rp.diff, rp.lo, rp.hi) == pytest.approx((r.diff, r.lo, r.hi))
+    # ... and likewise a baseline that lacks one of those seeds at one width drops that seed everywhere
+    thin = {w: {s: v for s, v in c.items() if not (w == 24 and s == 2)} for w, c in base.items()}
+    full3, _ = draw(np.random.default_rng(2), arm_seeds=(0, 1, 2))
+    assert pooled_delta(full3, base).seeds == [0, 1, 2] and pooled_delta(full3, thin).seeds == [0, 1]
     # identical runs but for a constant: no scale to test on, so no p-value (not a 1e-127 "raises")
     same = pooled_delta({w: {s: v + 0.01 for s, v in c.items() if s < 2} for w, c in base.items()}, base)
     assert same.diff == pytest.approx(0.01) and np.isnan(same.p)

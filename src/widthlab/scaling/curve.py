@@ -73,8 +73,9 @@ def _midrun(fit_runs: list[dict], b: str, loss: str) -> dict:
     return {"checked": True, "kind": "mid-run", "alpha": c60.alpha, "E": c60.E, "frac": CONVERGENCE_FRAC}
 
 
-def _alpha_gradient(ws: list[float], means: np.ndarray, n: np.ndarray, h: float = 1e-3) -> np.ndarray:
-    """∂α/∂(cell mean) at each width, by central differences (the fit's α is precise to ≈ 1e-9)."""
+def _alpha_gradient(ws: list[float], means: np.ndarray, n: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """∂α/∂(cell mean) at each width, by central differences (the fit's α is precise to ≈ 1e-9, so h = 1e-5 leaves
+    ≈ 1e-4 of error; a larger h can step across E's bound at 0 and return a secant, not the gradient)."""
     g = np.zeros(len(ws))
     for i in range(len(ws)):
         up, dn = means.copy(), means.copy()
@@ -82,6 +83,22 @@ def _alpha_gradient(ws: list[float], means: np.ndarray, n: np.ndarray, h: float 
         dn[i] -= h
         g[i] = (fit_curve(ws, up, n).alpha - fit_curve(ws, dn, n).alpha) / (2 * h)
     return g
+
+
+def _linear_at_noise_scale(ws: list[float], means: np.ndarray, n: np.ndarray, s2: float) -> bool:
+    """Is α smooth in the cell means at the scale of their noise? Each cell mean moved by ± its standard error must
+    leave E off its bound 0 and α off its search bounds: across such a kink the delta method's linearisation (and
+    so its interval) fails (referee finding, session 8: the 3560-step stage-2 fit, Ê = 0.047)."""
+    if not (np.isfinite(s2) and s2 > 0):
+        return False
+    for i in range(len(ws)):
+        for sign in (1, -1):
+            y = means.copy()
+            y[i] += sign * math.sqrt(s2 / n[i])
+            c = fit_curve(ws, y, n)
+            if c.E <= 1e-9 or c.at_bound:
+                return False
+    return True
 
 
 def _matched(short_runs: list[dict], b: str, fit_runs: list[dict], full: dict[float, dict[int, float]]) -> dict:
@@ -109,10 +126,22 @@ def _matched(short_runs: list[dict], b: str, fit_runs: list[dict], full: dict[fl
     mf = np.array([np.mean(list(full[w].values())) for w in ws])
     ms = np.array([np.mean(list(table[w].values())) for w in ws])
     cf = fit_curve(ws, mf, n)
-    _, _, cs, prof, _ = _fit_table(table)  # the short sweep's own fit and profile interval (one fit, not two)
-    gf, gs = _alpha_gradient(ws, mf, n), _alpha_gradient(ws, ms, n)
-    z = np.array([sum(gs[i] * table[w][s] - gf[i] * full[w][s] for i, w in enumerate(ws)) for s in seeds])
+    _, _, cs, prof, (s2_short, *_) = _fit_table(table)  # the short sweep's own fit and profile interval
+    s2_full = _noise(full, cf.rss)[0]
     diff = cs.alpha - cf.alpha
+    if _linear_at_noise_scale(ws, mf, n, s2_full) and _linear_at_noise_scale(ws, ms, n, s2_short):
+        method = "delta method"
+        gf, gs = _alpha_gradient(ws, mf, n), _alpha_gradient(ws, ms, n)
+        z = np.array([sum(gs[i] * table[w][s] - gf[i] * full[w][s] for i, w in enumerate(ws)) for s in seeds])
+    else:
+        # Near a bound the fit is not linear in the data at the noise scale: refit each seed's own curve in both
+        # sweeps and take the paired differences. Cruder (each per-seed fit has one point per width), but it
+        # needs no linearisation; z then estimates the mean per-seed difference, not α of the means.
+        method = "per-seed refits (α is not linear in the cell means at their noise scale: a fit is near a bound)"
+        one = np.ones(len(ws))
+        z = np.array([fit_curve(ws, [table[w][s] for w in ws], one).alpha
+                      - fit_curve(ws, [full[w][s] for w in ws], one).alpha for s in seeds])
+        diff = float(z.mean())
     if len(seeds) >= 2:
         half = float(stats.t.ppf(0.5 + CI / 2, len(seeds) - 1) * np.std(z, ddof=1) / np.sqrt(len(seeds)))
     else:
@@ -125,7 +154,7 @@ def _matched(short_runs: list[dict], b: str, fit_runs: list[dict], full: dict[fl
             "open_lo": a.open_lo, "open_hi": a.open_hi, "steps": s_short, "frac": s_short / s_full,
             "n_runs": int(sum(len(v) for v in table.values())), "n_widths": len(ws), "n_seeds": len(seeds),
             "diff": diff, "diff_lo": lo, "diff_hi": hi, "tol": CONVERGENCE_TOL, "outcome": outcome,
-            "inside": outcome == "converged"}
+            "inside": outcome == "converged", "method": method}
 
 
 def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[dict] | None = None) -> dict:
@@ -139,11 +168,22 @@ def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[di
     hetero = float(stats.levene(*groups).pvalue) if len(groups) >= 2 and np.var(np.concatenate(groups)) > 0 \
         else math.nan
     a, e = prof["alpha"], prof["E"]
+    misfit = None
+    if math.isfinite(lof.p) and lof.p < LOF_P:
+        # The profile interval above assumes the cell means scatter about the curve by seed noise alone, which the
+        # test just rejected. Allowing for the misfit as an overdispersed GLM does (McCullagh & Nelder §4.5):
+        # noise scaled by the dispersion χ²/dof, on the lack-of-fit dof.
+        y = np.array([np.mean(list(d.cells[(b, w)].values())) for w in ws])
+        m = profile_ci(ws, y, n, s2 * lof.chi2_dof, lof.dof, CI)["alpha"]
+        misfit = {"lo": m.lo, "hi": m.hi, "open_lo": m.open_lo, "open_hi": m.open_hi, "dispersion": lof.chi2_dof,
+                  "dof": lof.dof}
     why = []
     if a.open_lo or a.open_hi or c.at_bound:
         why.append("α's interval reaches its search bound")
     if e.open_lo and c.E <= 1e-9:
         why.append("E at its bound 0")
+    elif e.open_lo:  # the floor is not bounded away from 0: any E down to 0 fits, with α trading off against it
+        why.append(f"E's interval reaches 0 (E = {c.E:.3g} [≤ 0, {e.hi:.3g}])")
     if a.lo > 0 and a.hi / a.lo > MAX_ALPHA_CI_RATIO:
         why.append(f"α's CI spans ×{a.hi / a.lo:.1f}")
     if not math.isfinite(a.lo):
@@ -168,6 +208,7 @@ def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[di
         fails.append(f"not converged: α at {CONVERGENCE_FRAC * 100:.0f} % of training = {mid['alpha']:.3f}, outside "
                      f"[{a.lo:.3f}, {a.hi:.3f}]")
     return {"alpha": {"est": c.alpha, "lo": a.lo, "hi": a.hi, "open_lo": a.open_lo, "open_hi": a.open_hi},
+            "alpha_misfit": misfit,
             "E": {"est": c.E, "lo": e.lo, "hi": e.hi, "open_lo": e.open_lo, "open_hi": e.open_hi},
             "A": c.A, "rss_cells": c.rss, "n_widths": len(ws), "n_runs": int(n.sum()), "noise": source,
             "s2": s2, "dof": dof, "lack_of_fit": vars(lof), "convergence": conv, "levene_p": hetero,

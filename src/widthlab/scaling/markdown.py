@@ -69,7 +69,7 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
               "*is not distinguishable from* it (not an equivalence claim: read the interval, which is unadjusted). Only given when the baseline's curve passes its checks. "
               "Curve-free, per arm (the verdict to read when the curve fails): the mean over the shared widths of arm − "
               "baseline at equal width, by a paired t over the seeds both ran at every one of those widths (exact "
-              "whatever a seed does; 1 dof with two seeds), Holm-adjusted over the arms: *lowers* / *raises* the "
+              "for normal D_s, whatever a seed's effect; 1 dof with two seeds), Holm-adjusted over the arms: *lowers* / *raises* the "
               "loss when p < 0.05, else *does not detectably change* it (not an equivalence claim; the printed "
               "interval is unadjusted). Per-width Δ tests below are descriptive; each kind of verdict is corrected "
               "over the arms, not across kinds.", ""]
@@ -113,6 +113,13 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
                    f"variance; F on ({lof['dof']}, {lof['nu']}) dof), p = {lof['p']:.3g}"
                    + (" — **the power law does not fit these cell means to within seed noise**" if lof["p"] < 0.05
                       else ""))
+    if c.get("alpha_misfit"):
+        m = c["alpha_misfit"]
+        half = f" (half-width {(m['hi'] - m['lo']) / 2:.3f})" if math.isfinite(m["lo"]) else ""
+        out.append(f"- α's interval above assumes seed noise is the only scatter about the curve, which the lack of "
+                   f"fit rejects; allowing for the misfit (noise × χ²/dof = {m['dispersion']:.2f}, on the "
+                   f"{m['dof']} lack-of-fit dof, as for an overdispersed GLM): "
+                   f"{_bound({**m, 'est': c['alpha']['est']}, 'α')}{half}")
     else:
         out.append("- lack of fit: not testable (needs seeds in the baseline's cells and more widths than 3)")
     if c.get("levene_p") == c.get("levene_p") and c.get("levene_p") is not None and c["levene_p"] < 0.05:
@@ -124,7 +131,8 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
                    f"({matched['steps']:g}, its own schedule; {matched['n_runs']} runs, same widths and seeds) gives "
                    f"α = {matched['alpha']:.3f} [{matched['lo']:.3f}, {matched['hi']:.3f}], E = {matched['E']:.3f}; "
                    f"seed-paired α_short − α_full = {matched['diff']:+.3f} [{matched['diff_lo']:+.3f}, "
-                   f"{matched['diff_hi']:+.3f}] ({matched['n_seeds'] - 1} dof) → **{matched['outcome']}** "
+                   f"{matched['diff_hi']:+.3f}] ({matched['n_seeds'] - 1} dof; {matched.get('method', 'delta method')}) "
+                   f"→ **{matched['outcome']}** "
                    f"(converged: the interval within ±{matched['tol']:g}; not converged: it excludes 0)")
     if mid.get("checked"):
         out.append(f"- {'mid-run refit (information only)' if matched else 'convergence'}: refitted on the losses at "
@@ -137,7 +145,7 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
         out.append(f"- **warning**: the curve does not pass its checks ({'; '.join(c['not_identified'] + c['fails'])}). "
                    "Multipliers below still compare each arm with the baseline measured at the same width, but "
                    "their conversion into widths, params and FLOPs rests on a curve the data do not support; read "
-                   "the measured-point multipliers and the Δ-loss tests instead.")
+                   "the curve-free verdict (Verdict) and, at equal cost, the measured-point multipliers instead.")
     for name, label in (("N", "params"), ("Nne", "non-embedding params"), ("C", "FLOPs")):
         p = res["fits"][name]
         if p["alpha"] is not None and math.isfinite(p["alpha"]):
@@ -225,7 +233,8 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
         return []
     ws, ends = " / ".join(str(w) for w in widths), f"m = {widths[0]} → {widths[-1]}"
     out = ["", "## Arms at a glance", "",
-           f"At m = {ws}: Δ = arm − baseline fitted loss (nats/token); the curve-free Δ over the widths with its "
+           f"At m = {ws}: Δ = arm − baseline fitted loss (nats/token; mean over shared seeds, runs in the fit only, as in "
+           f"the per-width tests); the curve-free Δ over the widths with its "
            f"unadjusted 95 % interval (see Verdict); params and FLOPs/token as ratios to the baseline's; mean cos² of "
            f"the head (raw / centred) and of the input embedding as ratios to the baseline's at {ends}; "
            f"k_int(m) = the measured-point width multiplier (below).", "",
@@ -244,7 +253,8 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
         return " → ".join("/".join(ratio(a, w, k) for k in keys) for w in (widths[0], widths[-1]))
 
     for a in arms:
-        delta = [mean(a, w, "_loss") - mean(b, w, "_loss") for w in widths]
+        # Δ as everywhere else in the report: the per-width test's (paired over shared seeds, fitted runs only)
+        delta = [res["tests"].get(a, {}).get(int(w), {}).get("diff", math.nan) for w in widths]
         d = " / ".join(f"{x:+.3f}" if math.isfinite(x) else "–" for x in delta)
         p = res.get("pooled", {}).get(a)
         pooled = f"{p['diff']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}]" if p else "–"

@@ -54,9 +54,10 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
         max_rise: ... or if its last validation loss is this much above its best (overfitting; default 0.02).
         loss: Which loss to fit: val_loss_best (lowest validation), val_loss (last validation), or auto
             (the sweep recipe's choice in sweep.json, else val_loss_best where every run has it, else val_loss).
-        short_sweep: The convergence check: a sweep of the same design trained for fewer steps with its own
-            schedule; its baseline α must lie inside this sweep's interval (default: sweep.json's
-            compare.short_sweep; without one, α is refitted on each run's loss at 60 % of its training).
+        short_sweep: The convergence check: a sweep of the same design (same widths and seeds) trained for 40–80 %
+            of the steps with its own schedule; converged when the seed-paired interval of α_short − α_full lies
+            within ±0.05, not converged when it excludes 0 (default: sweep.json's compare.short_sweep; without one,
+            α is refitted on each run's loss at 60 % of its training, as information).
 
     Returns:
         The key numbers (also written to compare.json).
@@ -219,9 +220,11 @@ def _tests(d: Design) -> dict:
     return out
 
 
-# Within this fraction of the baseline's params and FLOPs an arm counts as costing the same. The baseline's loss
-# falls ≈ 0.4 nats per e-fold of params at these widths, so 5 % more params is worth ≈ 0.02 nats, as much as the
-# pooled interval; 0.5 % is worth ≈ 0.002, well inside it.
+# Within this fraction of the baseline's params and FLOPs (counted as matmul FLOPs) an arm counts as costing the
+# same. The baseline's loss falls ≈ 0.4 nats per e-fold of params at these widths, so 5 % more params is worth
+# ≈ 0.02 nats; 0.5 % is worth ≈ 0.002. The built-in equal-cost arms differ from the baseline by < 0.01 % (a learned
+# scalar), so for them the gap is worth ≈ 0; an arm nearer the 0.5 % edge would need its interval compared with
+# 0.002 nats.
 SAME_COST = 0.005
 
 
