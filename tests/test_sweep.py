@@ -165,7 +165,8 @@ def test_archive_outlives_the_sweep_dir(env, tmp_path, cache_dir, capsys):
     spec = json.loads((root / "sweep.json").read_text())
     assert spec == json.loads((archive / "sweep.json").read_text())
     assert spec == {"name": "ar", "recipe": "recipes/smoke.yaml", "widths": [32, 64], "seeds": [0, 1],
-                    "arms": {"baseline": {}}, "overrides": ov, "compare": {"loss": "val_loss_best", "min_width": 32}}
+                    "arms": {"baseline": {}}, "overrides": ov, "compare": {"loss": "val_loss_best", "min_width": 32},
+                    "devices": None, "launcher": "local", "command": None}  # called from Python: no command line
     capsys.readouterr()
 
     shutil.rmtree(root)  # a fresh machine: only the committed archive is left
