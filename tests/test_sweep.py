@@ -169,8 +169,11 @@ def test_archive_outlives_the_sweep_dir(env, tmp_path, cache_dir, capsys):
                     "devices": None, "launcher": "local", "command": None}  # called from Python: no command line
     capsys.readouterr()
 
+    # a command recorded by the command line survives a later call from Python (which has none to record)
+    (archive / "sweep.json").write_text(json.dumps({**spec, "command": "python -m train sweep --config ar.yaml"}))
     shutil.rmtree(root)  # a fresh machine: only the committed archive is left
     sweep(seeds=[0, 1], **kw)
+    assert json.loads((archive / "sweep.json").read_text())["command"] == "python -m train sweep --config ar.yaml"
     assert "4 runs, 4 already finished (4 in the archive" in capsys.readouterr().out
     assert not (root / "baseline").exists()  # nothing re-trained
     again = rows(root / "results.csv")

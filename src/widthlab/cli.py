@@ -80,7 +80,7 @@ def check_command(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     global INVOKED
     argv = sys.argv[1:] if argv is None else list(argv)
-    INVOKED = shlex.join(["python", "-m", "train", *argv])
+    outer, INVOKED = INVOKED, shlex.join(["python", "-m", "train", *argv])
     try:
         check_command(argv)
         if argv and argv[0] in SUBCOMMANDS:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     finally:
-        INVOKED = None  # a later call from Python (tests, notebooks) must not inherit this command
+        INVOKED = outer  # a later call from Python (tests, notebooks) must not inherit this command
 
 
 def _widthlab_cause(e: BaseException | None) -> WidthlabError | None:

@@ -211,6 +211,16 @@ def write_results(root: str, rows: list[dict]) -> str:
     return path
 
 
+def _recorded_command(root: str, archive: str | None) -> str | None:
+    """The command an earlier call recorded in sweep.json: a call from Python (no command line) keeps it."""
+    for d in [root] + ([archive] if archive is not None else []):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            with open(os.path.join(d, "sweep.json")) as f:
+                if cmd := json.load(f).get("command"):
+                    return cmd
+    return None
+
+
 def _run_one(p: Point, env: dict[str, str]) -> int:
     """The point's fit in a subprocess (resumed from last.ckpt if interrupted); its exit status."""
     proc = start_fit(p.run_dir, p.args, env)
@@ -290,7 +300,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     os.makedirs(root, exist_ok=True)
     spec = {"name": name, "recipe": recipe, "widths": widths, "seeds": seeds, "arms": arms or {"baseline": {}},
             "overrides": overrides or {}, "compare": compare, "devices": devices, "launcher": launcher,
-            "command": cli.INVOKED}
+            "command": cli.INVOKED or _recorded_command(root, archive)}
     for d in [root] + ([archive] if archive is not None else []):
         os.makedirs(d, exist_ok=True)
         write_json_atomic(os.path.join(d, "sweep.json"), spec)

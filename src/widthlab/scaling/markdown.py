@@ -84,13 +84,16 @@ def _minutes(walls: list[float]) -> str:
 
 def _how_run(prov: dict | None) -> list[str]:
     """Which commands made these results and how long the runs took (sweep.json, the runs' wall_s)."""
-    if not prov:
+    if not prov or not (prov["sweeps"] or prov.get("compare_command") or prov["n_timed"]):
         return []
     lines = ["## How this was run", ""]
     for s in prov["sweeps"]:
-        how = f"`{s['command']}`" if s.get("command") else "command not recorded (a sweep.json written before it was)"
-        par = f", {s['devices']} run(s) at a time" if s.get("devices") else ""
-        lines.append(f"- sweep `{s.get('name')}` ({s['dir']}): fit recipe `{s.get('recipe')}`{par}; last run by {how}")
+        how = (f"`{s['command']}`" if s.get("command") else
+               "a command not recorded (sweep.json written from Python or by an older widthlab)")
+        par = f", {s['devices']} run(s) at a time" if s.get("devices") and s.get("launcher", "local") == "local" else ""
+        role = f" — {s['role']}" if s.get("role") else ""
+        lines.append(f"- sweep `{s.get('name')}` ({s['dir']}{role}): fit recipe `{s.get('recipe')}`{par}; last run by "
+                     f"{how}")
     if prov.get("compare_command"):
         lines.append(f"- this report: `{prov['compare_command']}`")
     if prov["n_timed"]:
@@ -113,13 +116,13 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
                    f"variance; F on ({lof['dof']}, {lof['nu']}) dof), p = {lof['p']:.3g}"
                    + (" — **the power law does not fit these cell means to within seed noise**" if lof["p"] < 0.05
                       else ""))
-    if c.get("alpha_misfit"):
-        m = c["alpha_misfit"]
-        half = f" (half-width {(m['hi'] - m['lo']) / 2:.3f})" if math.isfinite(m["lo"]) else ""
-        out.append(f"- α's interval above assumes seed noise is the only scatter about the curve, which the lack of "
-                   f"fit rejects; allowing for the misfit (noise × χ²/dof = {m['dispersion']:.2f}, on the "
-                   f"{m['dof']} lack-of-fit dof, as for an overdispersed GLM): "
-                   f"{_bound({**m, 'est': c['alpha']['est']}, 'α')}{half}")
+        if c.get("alpha_misfit"):
+            m = c["alpha_misfit"]
+            half = f" (half-width {(m['hi'] - m['lo']) / 2:.3f})" if math.isfinite(m["lo"]) else ""
+            out.append(f"- α's interval above assumes seed noise is the only scatter about the curve, which the lack "
+                       f"of fit rejects; allowing for the misfit (noise × χ²/dof = {m['dispersion']:.2f}, on the "
+                       f"{m['dof']} lack-of-fit dof, as for an overdispersed GLM; it covers the best-fitting α for "
+                       f"these widths): {_bound({**m, 'est': c['alpha']['est']}, 'α')}{half}")
     else:
         out.append("- lack of fit: not testable (needs seeds in the baseline's cells and more widths than 3)")
     if c.get("levene_p") == c.get("levene_p") and c.get("levene_p") is not None and c["levene_p"] < 0.05:
@@ -130,8 +133,11 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
         out.append(f"- convergence (decides): a matched sweep at {matched['frac'] * 100:.0f} % of the steps "
                    f"({matched['steps']:g}, its own schedule; {matched['n_runs']} runs, same widths and seeds) gives "
                    f"α = {matched['alpha']:.3f} [{matched['lo']:.3f}, {matched['hi']:.3f}], E = {matched['E']:.3f}; "
-                   f"seed-paired α_short − α_full = {matched['diff']:+.3f} [{matched['diff_lo']:+.3f}, "
-                   f"{matched['diff_hi']:+.3f}] ({matched['n_seeds'] - 1} dof; {matched.get('method', 'delta method')}) "
+                   f"seed-paired {matched.get('estimand', 'α_short − α_full')} = {matched['diff']:+.3f} "
+                   f"[{matched['diff_lo']:+.3f}, {matched['diff_hi']:+.3f}] ({matched['n_seeds'] - 1} dof; "
+                   f"{matched.get('method', 'delta method')}"
+                   + (f"; α_short − α_full of the cell means = {matched['diff_means']:+.3f}"
+                      if matched.get("estimand", "α_short − α_full") != "α_short − α_full" else "") + ") "
                    f"→ **{matched['outcome']}** "
                    f"(converged: the interval within ±{matched['tol']:g}; not converged: it excludes 0)")
     if mid.get("checked"):
@@ -233,8 +239,8 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
         return []
     ws, ends = " / ".join(str(w) for w in widths), f"m = {widths[0]} → {widths[-1]}"
     out = ["", "## Arms at a glance", "",
-           f"At m = {ws}: Δ = arm − baseline fitted loss (nats/token; mean over shared seeds, runs in the fit only, as in "
-           f"the per-width tests); the curve-free Δ over the widths with its "
+           f"At m = {ws}: Δ = arm − baseline fitted loss (nats/token; runs in the fit only, as in the per-width tests: the "
+           f"mean paired difference over shared seeds where ≥ 2 are shared, else the difference of the cell means); the curve-free Δ over the widths with its "
            f"unadjusted 95 % interval (see Verdict); params and FLOPs/token as ratios to the baseline's; mean cos² of "
            f"the head (raw / centred) and of the input embedding as ratios to the baseline's at {ends}; "
            f"k_int(m) = the measured-point width multiplier (below).", "",

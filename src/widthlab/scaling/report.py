@@ -143,7 +143,7 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
 
     result = _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap, max_epochs, max_rise,
                       include_limited, skipped)
-    result["provenance"] = {**provenance(paths, runs),
+    result["provenance"] = {**provenance(paths, runs, short_sweep, short),
                             "compare_command": cli.INVOKED if (cli.INVOKED or "").startswith("python -m train compare")
                             else None}
     result["files"] = sorted(["report.md", "compare.json"] + [f"{n}.png" for n in figs])

@@ -223,10 +223,15 @@ def _sweep_jsons(paths: list[str]) -> list[tuple[Path, dict]]:
     return out
 
 
-def provenance(paths: list[str], runs: list[dict]) -> dict:
-    """What made these results: each sweep's recipe and command (sweep.json), and the runs' wall times."""
-    sweeps = [{"dir": str(p), **{k: js.get(k) for k in ("name", "recipe", "command", "devices", "launcher")}}
-              for p, js in _sweep_jsons(paths)]
+def provenance(paths: list[str], runs: list[dict], short_sweep: str | None = None,
+               short_runs: list[dict] | None = None) -> dict:
+    """What made these results: each sweep's recipe and command (sweep.json), the matched short sweep's too (it
+    decides convergence), and the runs' wall times."""
+    short_dir = Path(short_sweep).resolve() if short_sweep else None
+    sweeps = [{"dir": str(p), **{k: js.get(k) for k in ("name", "recipe", "command", "devices", "launcher")},
+               "role": "matched short sweep, convergence" if p.resolve() == short_dir else None}
+              for p, js in _sweep_jsons(paths + ([short_sweep] if short_sweep else []))]
+    runs = runs + (short_runs or [])
     walls: dict[str, dict[int, list[float]]] = {}
     for r in runs:
         if isinstance(r.get("wall_s"), (int, float)) and math.isfinite(r["wall_s"]):
