@@ -252,23 +252,26 @@ def test_matched_short_sweep_decides_convergence(tmp_path):
         compare(str(sweep), n_boot=10, short_sweep=str(mixed))
 
 
+def _matched_draw(rng, ws, truth, off_sd, sd, seeds=(0, 1, 2)) -> dict:
+    """One synthetic full/short sweep pair with equal α (the short one 0.1 nats higher): seed offsets (sd off_sd)
+    shared across widths and sweeps, seed × width noise (sd) correlated 0.8 between the sweeps; their matched check."""
+    from widthlab.scaling.curve import _matched
+    off = rng.normal(0, off_sd, len(seeds))
+    e1 = rng.normal(0, sd, (len(ws), len(seeds)))
+    e2 = 0.8 * e1 + 0.6 * rng.normal(0, sd, e1.shape)
+    full = {w: {s: truth(w) + off[j] + e1[i, j] for j, s in enumerate(seeds)} for i, w in enumerate(ws)}
+    short_runs = [{"arm": "baseline", "_fit": True, "d_model": w, "seed": s, "steps": 600,
+                   "_loss": truth(w) + 0.1 + off[j] + e2[i, j]} for i, w in enumerate(ws) for j, s in enumerate(seeds)]
+    return _matched(short_runs, "baseline", [{"arm": "baseline", "steps": 1000}], full)
+
+
 def test_matched_difference_interval_covers(tmp_path):
     # Coverage of the seed-paired interval for α_short − α_full on synthetic sweeps with known truth (equal α,
     # seed offsets shared across widths and sweeps, seed × width noise correlated 0.8 between the sweeps).
-    from widthlab.scaling.curve import _matched
     rng = np.random.default_rng(1)
-    ws, seeds = [8, 16, 32, 64, 128], [0, 1, 2]
-    truth = lambda w: 3.0 + 4.0 * w ** -0.5  # noqa: E731
     hits, n = 0, 200
     for _ in range(n):
-        off = rng.normal(0, 0.02, len(seeds))
-        e1 = rng.normal(0, 0.01, (len(ws), len(seeds)))
-        e2 = 0.8 * e1 + 0.6 * rng.normal(0, 0.01, e1.shape)
-        full = {w: {s: truth(w) + off[j] + e1[i, j] for j, s in enumerate(seeds)} for i, w in enumerate(ws)}
-        short_runs = [{"arm": "baseline", "_fit": True, "d_model": w, "seed": s, "steps": 600,
-                       "_loss": truth(w) + 0.1 + off[j] + e2[i, j]} for i, w in enumerate(ws) for j, s in enumerate(seeds)]
-        fit_runs = [{"arm": "baseline", "steps": 1000}]
-        m = _matched(short_runs, "baseline", fit_runs, full)
+        m = _matched_draw(rng, [8, 16, 32, 64, 128], lambda w: 3.0 + 4.0 * w ** -0.5, 0.02, 0.01)
         hits += m["diff_lo"] <= 0 <= m["diff_hi"]
         assert m["method"] == "delta method"  # E = 3 is far from its bound: α is smooth in the data
     assert 0.91 <= hits / n <= 0.99, hits / n
@@ -278,19 +281,10 @@ def test_matched_interval_covers_near_the_floor_bound(tmp_path):
     # A curve like the 3560-step stage-2 fit (E = 0.05 ≈ its bound 0, α = 0.1, seed noise 0.004): moving one cell
     # mean by its noise puts E on the bound, so the delta method's linearisation fails (referee, session 8: forced,
     # it covered 0.68 here). Those draws must fall back to per-seed refits, and the interval must cover again.
-    from widthlab.scaling.curve import _matched
     rng = np.random.default_rng(3)
-    ws, seeds = [8, 16, 24, 32, 48], [0, 1, 2]
-    truth = lambda w: 0.05 + 5.66 * w ** -0.1  # noqa: E731
     hits, refits, n = 0, 0, 200
     for _ in range(n):
-        off = rng.normal(0, 0.004, len(seeds))
-        e1 = rng.normal(0, 0.004, (len(ws), len(seeds)))
-        e2 = 0.8 * e1 + 0.6 * rng.normal(0, 0.004, e1.shape)
-        full = {w: {s: truth(w) + off[j] + e1[i, j] for j, s in enumerate(seeds)} for i, w in enumerate(ws)}
-        short_runs = [{"arm": "baseline", "_fit": True, "d_model": w, "seed": s, "steps": 600,
-                       "_loss": truth(w) + 0.1 + off[j] + e2[i, j]} for i, w in enumerate(ws) for j, s in enumerate(seeds)]
-        m = _matched(short_runs, "baseline", [{"arm": "baseline", "steps": 1000}], full)
+        m = _matched_draw(rng, [8, 16, 24, 32, 48], lambda w: 0.05 + 5.66 * w ** -0.1, 0.004, 0.004)
         hits += m["diff_lo"] <= 0 <= m["diff_hi"]
         refits += m["method"].startswith("per-seed refits")
         # the fallback estimates the mean per-seed difference, and says so

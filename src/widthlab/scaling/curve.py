@@ -56,6 +56,7 @@ def _fit_table(table: dict[float, dict[int, float]]):
     c = fit_curve(ws, y, n)
     s2, dof, source, ss, nu, nu_seed = _noise(table, c.rss)
     prof = profile_ci(ws, y, n, s2, dof, CI)
+    prof["E_shape"] = prof["E"]  # E at the shape noise: whether E trades off against α
     if nu >= 2 and nu_seed >= 1:
         prof["E"] = profile_ci(ws, y, n, ss / nu, nu, CI)["E"]
     return ws, n, c, prof, (s2, dof, source, ss, nu)
@@ -162,11 +163,6 @@ def _matched(short_runs: list[dict], b: str, fit_runs: list[dict], full: dict[fl
             "inside": outcome == "converged", "method": method, "estimand": estimand, "diff_means": diff_means}
 
 
-def nu_seed_recur(d: Design, b: str, ws: list[float]) -> bool:
-    """Do the same seeds recur across the baseline's widths (so E's printed interval carries the seed offsets)?"""
-    return two_way({w: d.cells[(b, w)] for w in ws})[3] >= 1
-
-
 def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[dict] | None = None) -> dict:
     """The baseline's L(m): estimate, profile CIs, lack of fit, identification and convergence (the matched
     short sweep's α when `short_runs` is given, else α refit at 60 % of training)."""
@@ -177,16 +173,15 @@ def curve_checks(d: Design, fit_runs: list[dict], loss: str, short_runs: list[di
     groups = [list(d.cells[(b, w)].values()) for w in ws if len(d.cells[(b, w)]) >= 3]
     hetero = float(stats.levene(*groups).pvalue) if len(groups) >= 2 and np.var(np.concatenate(groups)) > 0 \
         else math.nan
-    a, e = prof["alpha"], prof["E"]
     # Whether E trades off against α is judged at the noise that moves the curve's shape (seed × width), not at the
     # whole seed variance E's printed interval carries: a seed's shared offset moves E, never α.
-    y = np.array([np.mean(list(d.cells[(b, w)].values())) for w in ws])
-    e_shape = profile_ci(ws, y, n, s2, dof, CI)["E"] if nu >= 2 and nu_seed_recur(d, b, ws) else e
+    a, e, e_shape = prof["alpha"], prof["E"], prof["E_shape"]
     misfit = None
     if math.isfinite(lof.p) and lof.p < LOF_P:
         # The profile interval above assumes the cell means scatter about the curve by seed noise alone, which the
         # test just rejected. Allowing for the misfit as an overdispersed GLM does (McCullagh & Nelder §4.5):
         # noise scaled by the dispersion χ²/dof, on the lack-of-fit dof.
+        y = np.array([np.mean(list(d.cells[(b, w)].values())) for w in ws])
         m = profile_ci(ws, y, n, s2 * lof.chi2_dof, lof.dof, CI)["alpha"]
         misfit = {"lo": m.lo, "hi": m.hi, "open_lo": m.open_lo, "open_hi": m.open_hi, "dispersion": lof.chi2_dof,
                   "dof": lof.dof}

@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 
 import yaml
@@ -231,14 +230,9 @@ def provenance(paths: list[str], runs: list[dict], short_sweep: str | None = Non
     sweeps = [{"dir": str(p), **{k: js.get(k) for k in ("name", "recipe", "command", "devices", "launcher")},
                "role": "matched short sweep, convergence" if p.resolve() == short_dir else None}
               for p, js in _sweep_jsons(paths + ([short_sweep] if short_sweep else []))]
-    runs = runs + (short_runs or [])
-    walls: dict[str, dict[int, list[float]]] = {}
-    for r in runs:
-        if isinstance(r.get("wall_s"), (int, float)) and math.isfinite(r["wall_s"]):
-            walls.setdefault(r["arm"], {}).setdefault(int(r.get("d_model", -1)), []).append(float(r["wall_s"]))
-    return {"sweeps": sweeps, "n_timed": sum(len(v) for a in walls.values() for v in a.values()),
-            "wall_s_total": sum(sum(v) for a in walls.values() for v in a.values()),
-            "wall_s_median": {a: {w: statistics.median(v) for w, v in sorted(ws.items())} for a, ws in walls.items()}}
+    walls = [float(r["wall_s"]) for r in runs + (short_runs or [])
+             if isinstance(r.get("wall_s"), (int, float)) and math.isfinite(r["wall_s"])]
+    return {"sweeps": sweeps, "n_timed": len(walls), "wall_s_total": sum(walls)}
 
 
 def _find(rel: str, sweep: Path) -> str:
