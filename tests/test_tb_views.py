@@ -8,11 +8,13 @@ import logging
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 from conftest import REPO
 from helpers import tiny_args
@@ -38,7 +40,7 @@ def sweep(tmp_path_factory, cache_dir):
     try:
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
             mp.chdir(REPO)
-            main(tiny_args(real, cache_dir, 8, ["--overlap.every_n_steps", "4"]))
+            main(tiny_args(real, cache_dir, 8, ["--overlap.every_n_steps", "4", "--trainer.val_check_interval", "4"]))
     finally:
         logging.getLogger("lightning.pytorch").removeHandler(handler)
     fit_s = time.time() - t
@@ -61,26 +63,40 @@ def sweep(tmp_path_factory, cache_dir):
             "log": [r.getMessage() for r in records]}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def tensorboard(sweep):
-    """A TensorBoard server on 127.0.0.1 (an OS-chosen port) over the sweep; always terminated."""
+    """TensorBoard as docs/tensorboard.md starts it: `tensorboard --logdir <sweep>`, the default (fast, Rust) data
+    loader, on a free port; ready once every session's metric values are loaded; always terminated."""
     log = sweep["root"].parent / "tensorboard.log"
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # the venv's console script
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(sweep["root"]),
-                                 "--host", "127.0.0.1", "--port", "0", "--load_fast", "false",
-                                 "--reload_interval", "0"], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([exe, "--logdir", str(sweep["root"]), "--port", str(_free_port())],
+                                stdout=f, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 30
         url = None
         while url is None:
-            found = re.search(r"http://127\.0\.0\.1:\d+/", log.read_text())
+            found = re.search(r"http://localhost:\d+/", log.read_text())
             url = found.group(0) if found else None
             assert proc.poll() is None, log.read_text()
             assert time.time() < deadline, f"TensorBoard did not start: {log.read_text()}"
             time.sleep(0.2)
+        assert "fast data loading" in log.read_text()  # the Rust loader the plain command uses, not the Python one
         server = Server(url)
-        while len(server.session_groups()["sessionGroups"]) < 3:  # the first load runs in the background
-            assert time.time() < deadline, server.session_groups()
+        while True:  # the first load runs in the background
+            try:
+                groups = server.session_groups()["sessionGroups"]
+            except OSError:
+                groups = []
+            if len(groups) == 3 and all(g["metricValues"] for g in groups):
+                break
+            assert time.time() < deadline, (groups, log.read_text())
             time.sleep(0.2)
         yield server
     finally:
@@ -122,11 +138,20 @@ def _metrics(group):
     return {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
 
 
+def f32(x: float) -> float:
+    return float(np.float32(x))
+
+
 def test_hparams_table_has_one_session_per_run_with_the_columns(tensorboard, sweep):
     exp = tensorboard.experiment()
     assert {h["name"] for h in exp["hparamInfos"]} == {n for n, _, _ in tb_views.HPARAMS}
     assert {m["name"]["tag"] for m in exp["metricInfos"]} == {t for t, *_ in tb_views.METRICS}
     assert {m["displayName"] for m in exp["metricInfos"]} >= {"val loss best", "head κ", "word ppl"}
+    # the tab ticks the first five hyperparameters after sorting them `differs` first, and the first five metrics
+    shown = [h["name"] for h in sorted(exp["hparamInfos"], key=lambda h: not h.get("differs", False))][:5]
+    assert sorted(shown) == ["d_model", "params", "seed", "status", "tokens"]
+    assert [m["displayName"] for m in exp["metricInfos"]][:5] == ["val loss best", "val loss last", "word ppl",
+                                                                  "bpb", "head mean cos²"]
     groups = {g["name"]: g for g in tensorboard.session_groups()["sessionGroups"]}
     assert set(groups) == {"baseline/d32/s0", "baseline/d64/s0", "bigram/d64/s0"}  # runs, not subdirectories
     real, m = groups["baseline/d32/s0"], sweep["metrics"]
@@ -134,19 +159,32 @@ def test_hparams_table_has_one_session_per_run_with_the_columns(tensorboard, swe
         "arm": "baseline", "d_model": 32, "n_layer": 1, "vocab_size": m["vocab_size"], "lr": pytest.approx(3e-3),
         "mup_base_d_model": 0, "seed": m["seed"], "interventions": "none", "params": m["params"],
         "flops_per_token": m["flops_per_token"], "tokens": 8 * 4 * 32, "status": "ok"}
-    values = _metrics(real)  # the final values, exactly metrics.json's (float64, not float32)
-    assert values["final/val_loss"] == m["val_loss"] and values["final/val_word_ppl"] == m["val_word_ppl"]
-    assert values["final/val_bpb"] == m["val_bpb"]
-    assert values["final/head_mean_cos2"] == m["geom_unembed_mean_cos2"]
-    assert values["final/head_kappa"] == m["geom_unembed_kappa"]
-    assert values["final/embed_mean_cos2"] == m["geom_embed_mean_cos2"]
-    for key, tag in [("val_loss_best", "final/val_loss_best"), ("geom_unembed_mean_cos2_centred",
-                                                                  "final/head_mean_cos2_centred")]:
-        if key in m:  # keys other engineers' code adds to metrics.json
-            assert values[tag] == m[key]
+    # every metric column has metrics.json's value (to float32, what a TensorBoard scalar holds), in every session
+    values = _metrics(real)
+    expected = {"final/val_loss": m["val_loss"], "final/val_word_ppl": m["val_word_ppl"],
+                "final/val_bpb": m["val_bpb"], "final/val_loss_best": m["val_loss_best"],
+                "final/head_mean_cos2": m["geom_unembed_mean_cos2"], "final/head_kappa": m["geom_unembed_kappa"],
+                "final/head_mean_cos2_centred": m["geom_unembed_mean_cos2_centred"],
+                "final/embed_mean_cos2": m["geom_embed_mean_cos2"],
+                "final/embed_mean_cos2_centred": m["geom_embed_mean_cos2_centred"]}
+    assert values == {k: f32(v) for k, v in expected.items()}
+    assert _metrics(real["sessions"][0]) == values
+    bigram = json.load(open(sweep["root"] / "bigram" / "d64" / "s0" / "metrics.json"))
+    assert _metrics(groups["bigram/d64/s0"])["final/val_loss"] == f32(bigram["val_loss"])
+    assert _metrics(groups["bigram/d64/s0"])["final/val_loss_best"] == f32(bigram["val_loss_best"])
     assert real["sessions"][0]["status"] == "STATUS_SUCCESS"
     assert groups["bigram/d64/s0"]["hparams"]["interventions"] == "BigramHashEmbedding(table_size=64)"
     assert groups["bigram/d64/s0"]["hparams"]["mup_base_d_model"] == 32
+
+
+def test_validation_is_at_the_step_of_metrics_json(tensorboard, sweep):
+    m = sweep["metrics"]
+    assert [s for s, _ in m["val_history"]] == [4, 8]
+    for tag in ["val/loss", "val/bpb", "val/loss_decile/0"]:
+        points = tensorboard.get(f"data/plugin/scalars/scalars?run=baseline/d32/s0&tag={tag}")
+        assert [p[1] for p in points] == [4, 8], tag  # [wall time, step, value]
+    points = tensorboard.get("data/plugin/scalars/scalars?run=baseline/d32/s0&tag=val/loss")
+    assert [p[2] for p in points] == [pytest.approx(v, rel=1e-6) for _, v in m["val_history"]]
 
 
 def test_hparams_filters_sort_and_failed_runs(tensorboard):
@@ -167,7 +205,10 @@ def test_hparams_filters_sort_and_failed_runs(tensorboard):
 
 
 def test_custom_scalars_layout_puts_each_metric_in_one_chart(tensorboard, sweep):
+    # the layout sits in every run, not at the root: no empty run "." in the run list
+    assert sorted(tensorboard.get("data/runs")) == ["baseline/d32/s0", "baseline/d64/s0", "bigram/d64/s0"]
     layout = tensorboard.get("data/plugin/custom_scalars/layout")
+    assert len(layout["category"]) == 2  # the same layout in three runs shows once
     charts = {c["title"]: c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
     assert all("arms: baseline, bigram" in cat["title"] for cat in layout["category"])
     for title in ["val/loss (nats/token)", "val/word_ppl", "head mean cos²", "head κ = m · mean cos²"]:
@@ -186,9 +227,14 @@ def test_a_second_finish_replaces_the_session(tmp_path):
 
 
 def test_layout_is_replaced_not_repeated(tmp_path):
+    runs = [tmp_path / "a" / "d8" / "s0", tmp_path / "b" / "d8" / "s0"]
+    for d in runs + [tmp_path / "tb_compare"]:
+        tb_views.write_run_hparams(str(d), {"arm": "x"}, {"final/val_loss": 4.0}, step=2)
+    (tmp_path / "events.out.tfevents.1.host.layout").write_bytes(b"")  # an older version's, at the root
     first = tb_views.write_sweep_layout(str(tmp_path), ["a"])
     second = tb_views.write_sweep_layout(str(tmp_path), ["a", "b"])
-    assert first != second and [p.name for p in tmp_path.iterdir()] == [os.path.basename(second)]
+    assert [os.path.dirname(p) for p in second] == list(map(str, runs)) and not set(first) & set(second)
+    assert sorted(p.name for p in tmp_path.rglob("*.layout")) == sorted(os.path.basename(p) for p in second)
     with pytest.raises(WidthlabError, match="cannot be directory names"):
         tb_views.write_sweep_layout(str(tmp_path), ["a/b"])
 

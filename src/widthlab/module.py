@@ -165,6 +165,9 @@ class LitGPT(L.LightningModule):
                                                                  st["words_per_token"]).items()})
         for k, v in enumerate(out["bucket_loss"].tolist()):
             logs[f"{prefix}/loss_decile/{k}"] = v
+        # x = the optimizer steps these weights have had, as in metrics.json; Lightning's default x here is the
+        # 0-based index of the batch just trained (one less). A logged "step" is Lightning's own x-axis override.
+        logs["step"] = float(self.trainer.global_step)
         self.log_dict(logs, sync_dist=False)  # already reduced across ranks by the Metric
 
     def on_validation_epoch_end(self):

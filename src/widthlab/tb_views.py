@@ -7,11 +7,13 @@ written at the end of a fit or by `sweep` afterwards:
   gets the experiment definition (the table's columns), a session-start record (the run's hyperparameters), a
   session-end record (ok → success, diverged → failure) and its final metrics as scalars `final/<name>` at the last
   step. The HPARAMS tab reads a session's metric values from the last point of those scalar tags, so they carry
-  metrics.json's numbers, the same as results.csv. Every run writes the same columns in the same order, because
-  TensorBoard takes the experiment definition from whichever run it finds first.
-- CUSTOM SCALARS: one layout at the sweep root. A chart selects tags by regex, never runs; the runs shown are those
-  the run filter selects, and run names are `<arm>/d<width>/s<seed>`, so `^baseline/` puts every width of one arm in
-  each chart and `/d64/` every arm at one width.
+  metrics.json's numbers, the same as results.csv (to float32's 7 digits: see final_scalars_summary). Every run
+  writes the same columns in the same order, because TensorBoard takes the experiment definition from whichever run
+  it finds first.
+- CUSTOM SCALARS: one layout, written into every run directory of a sweep (TensorBoard merges identical layouts
+  into one), so the sweep root is not a run of its own. A chart selects tags by regex, never runs; the runs shown
+  are those the run filter selects, and run names are `<arm>/d<width>/s<seed>`, so `^baseline/` puts every width
+  of one arm in each chart and `/d64/` every arm at one width.
 """
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ HPARAMS = [
     ("tokens", "num", "training tokens seen"),
     ("status", "str", "ok, or diverged (the loss stopped being finite)"),
 ]
+
+# The columns ticked when the HPARAMS tab opens: what one sorts and filters a sweep by. The tab ticks the first five
+# hyperparameters after sorting them `differs` first (the plugin's backend_context sorts by (not differs, name);
+# its query pane ticks Math.min(5, n)), so these five are flagged `differs` and the others are one click away.
+# The arm, width and seed are also in every row's name (the Trial ID column), <arm>/d<width>/s<seed>.
+SHOWN = ("d_model", "seed", "params", "tokens", "status")
 
 # (tag, display name, description, metrics.json keys tried in order): the metric columns.
 # The head is U; a tied model has no separate U, so its head is E.
@@ -119,7 +127,8 @@ def hparams_summaries(hparams: dict, status: str, start_time: float, end_time: f
     types = {"str": api_pb2.DATA_TYPE_STRING, "num": api_pb2.DATA_TYPE_FLOAT64}
     experiment = api_pb2.Experiment(
         description="widthlab runs: one session per run directory; see docs/tensorboard.md",
-        hparam_infos=[api_pb2.HParamInfo(name=n, type=types[k], description=d) for n, k, d in HPARAMS],
+        hparam_infos=[api_pb2.HParamInfo(name=n, type=types[k], description=d, differs=n in SHOWN)
+                      for n, k, d in HPARAMS],
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t), display_name=dn, description=d)
                       for t, dn, d, _ in METRICS])
     start = pd.SessionStartInfo(start_time_secs=start_time)
@@ -136,17 +145,17 @@ def hparams_summaries(hparams: dict, status: str, start_time: float, end_time: f
 
 
 def final_scalars_summary(metrics: dict[str, float]):
-    """The `final/*` scalars as float64 tensors (a simple_value is float32: the table would not match metrics.json)."""
+    """The `final/*` values as classic float32 scalars (`simple_value`, what SummaryWriter.add_scalar writes).
+
+    Not float64 tensors: TensorBoard's default fast loader (the Rust data server) drops DT_DOUBLE scalars, and the
+    HPARAMS table of the documented `tensorboard --logdir runs/<sweep>` was left without any metric value. float32
+    keeps 7 significant digits, more than any loss difference worth reading; metrics.json keeps the float64."""
     from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.compat.proto.tensor_pb2 import TensorProto
-    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
     from tensorboard.plugins.scalar import metadata
 
     info = {t: (dn, d) for t, dn, d, _ in METRICS}
-    return Summary(value=[
-        Summary.Value(tag=t, tensor=TensorProto(dtype="DT_DOUBLE", double_val=[v], tensor_shape=TensorShapeProto()),
-                      metadata=metadata.create_summary_metadata(*info.get(t, (t, ""))))
-        for t, v in metrics.items()])
+    return Summary(value=[Summary.Value(tag=t, simple_value=v, metadata=metadata.create_summary_metadata(
+        *info.get(t, (t, "")))) for t, v in metrics.items()])
 
 
 def write_run_hparams(log_dir: str, hparams: dict, metrics: dict[str, float], step: int,
@@ -225,10 +234,13 @@ def sweep_layout(name: str, arms: list[str]):
         for group, charts in CHARTS.items()])
 
 
-def write_sweep_layout(root: str, arms: list[str]) -> str:
-    """Write the CUSTOM SCALARS layout of the sweep at `root` into `root/` itself; replaces an earlier one.
+def write_sweep_layout(root: str, arms: list[str]) -> list[str]:
+    """Write the CUSTOM SCALARS layout of the sweep at `root` into each of its run directories; replaces earlier ones.
 
-    Returns the event file's path. Call it once a sweep has planned its arms (before or after the runs)."""
+    Returns the event files written. Not into `root` itself: every directory holding an event file is a run, and
+    the tab's run list would show an empty run `.`. TensorBoard merges the layouts of all runs (categories by title,
+    charts by equality), so the same layout in every run shows once. Call it once a sweep's runs exist (a run
+    directory made later gets it when the sweep next finishes)."""
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.compat.proto.tensor_pb2 import TensorProto
@@ -240,19 +252,32 @@ def write_sweep_layout(root: str, arms: list[str]) -> str:
     if bad:
         from widthlab import WidthlabError
         raise WidthlabError(f"arm names {bad} cannot be directory names; use letters, digits, '_' or '-'")
-    os.makedirs(root, exist_ok=True)
     layout = sweep_layout(os.path.basename(os.path.normpath(os.path.abspath(root))), list(arms))
     # the layout travels as a scalar string tensor under the plugin's config tag (what TensorBoard's own pb() writes)
     tensor = TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()], tensor_shape=TensorShapeProto())
     summary = Summary(value=[Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor,
                                            metadata=metadata.create_summary_metadata())])
-    old = _event_files(root, ".layout")
-    writer = EventFileWriter(root, filename_suffix=".layout")
-    try:
-        writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
-    finally:
-        writer.close()
-    new = (_event_files(root, ".layout") - old).pop()
-    for fn in old:  # one layout per sweep: TensorBoard merges every layout it finds, so an old one would repeat
+    for fn in _event_files(root, ".layout"):  # written at the root before: that made the root an empty run
         os.remove(fn)
-    return new
+    written = []
+    for run_dir in run_dirs(root):
+        old = _event_files(run_dir, ".layout")
+        writer = EventFileWriter(run_dir, filename_suffix=".layout")
+        try:
+            writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
+        finally:
+            writer.close()
+        written.append((_event_files(run_dir, ".layout") - old).pop())
+        for fn in old:  # one layout per run: a stale one (other arms in its titles) would add a category
+            os.remove(fn)
+    return written
+
+
+def run_dirs(root: str) -> list[str]:
+    """The run directories under root: those holding training event files; compare's figures (tb_compare/) and the
+    root itself are not runs."""
+    found = {os.path.dirname(fn) for fn in glob.glob(os.path.join(root, "**", "events.out.tfevents.*"),
+                                                     recursive=True)
+             if not fn.endswith(".layout")}
+    rel = {d: os.path.relpath(d, root) for d in found}
+    return sorted(d for d, r in rel.items() if r != "." and "tb_compare" not in r.split(os.sep))

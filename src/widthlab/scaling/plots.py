@@ -29,9 +29,7 @@ def _plain_y(ax) -> None:
 
 
 def _figure() -> Figure:
-    fig = Figure(figsize=(6.4, 4.6), dpi=110)
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.93)  # fixed: constrained layout is slow
-    return fig
+    return Figure(figsize=(6.4, 4.6), dpi=110)  # laid out in render (tight layout: every label inside the figure)
 
 
 def _style(i: int) -> dict:
@@ -132,6 +130,9 @@ def multiplier(boot: Bootstrap, arms: list[str], baseline: str, key: str = "k_m"
         ax.set_ylim(0.5, 2.0)
     ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="k(m) = m_eq / m",
            title="effective-width multiplier" + ("" if key == "k_m" else " (measured baseline points)"))
+    _plain_y(ax)  # 0.92, not 9.2×10⁻¹: k stays within a decade of 1
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return fig
@@ -149,7 +150,9 @@ def curves(series: list[tuple[str, int, int, list[tuple[int, float]]]]) -> Figur
         steps, vals = zip(*pts)
         label = f"{a} m={w}" if (a, w) not in seen else None
         seen.add((a, w))
-        ax.plot(steps, vals, color=f"C{widths.index(w) % 10}", ls=styles[arms.index(a) % 4], lw=1, label=label)
+        # a marker on every validation while there are few: a run validated once is a point, and a line needs two
+        ax.plot(steps, vals, color=f"C{widths.index(w) % 10}", ls=styles[arms.index(a) % 4], lw=1, label=label,
+                marker=_MARKERS[arms.index(a) % len(_MARKERS)] if len(pts) <= 30 else None, ms=4)
     ax.set(yscale="log", xlabel="step", ylabel="val/loss (nats/token)", title="validation loss per width")
     _plain_y(ax)
     ax.legend(fontsize=7, ncol=2)
@@ -157,8 +160,9 @@ def curves(series: list[tuple[str, int, int, list[tuple[int, float]]]]) -> Figur
 
 
 def render(fig: Figure) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA pixels of the figure."""
+    """(H, W, 4) uint8 RGBA pixels of the figure, laid out so that no tick label or title is cut off."""
     canvas = FigureCanvasAgg(fig)
+    fig.tight_layout(pad=0.6)  # from the labels' measured extents; ~10 ms, unlike constrained layout
     canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy()
 
