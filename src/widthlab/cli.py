@@ -27,7 +27,22 @@ SUBCOMMANDS = {
     "analyze": "widthlab.analyze:analyze",
     "toy": "widthlab.toy:toy",
     "coord-check": "widthlab.coord_check:coord_check",
+    "prepare": "widthlab.data.prepare:prepare",
 }
+# One line per command for `python -m train --help` (a command without one shows its docstring's first line).
+DESCRIPTIONS = {
+    "fit": "train a model from a recipe (--config recipes/<name>.yaml); --ckpt_path last resumes a run exactly",
+    "validate": "evaluate a checkpoint on the validation split (--ckpt_path)",
+    "test": "evaluate a checkpoint on the test split (--ckpt_path)",
+    "sweep": "train widths × arms × seeds from a sweep recipe; resumable, skips finished runs",
+    "compare": "fit the width curve of sweeps or a CSV: intervals, multipliers, tests, report.md and figures",
+    "analyze": "the paper's overlap analysis of a pretrained model's token vectors (HF id or local directory)",
+    "toy": "the paper's toy model of superposition",
+    "coord-check": "μP coordinate check: activation scales across widths after a few steps",
+    "prepare": "build the token cache for a recipe and exit",
+}
+# Subcommands that parse their own arguments (prepare reads a fit or sweep recipe's data section).
+RAW_ARGV = {"prepare"}
 
 
 def run_function(name: str, args: list[str]):
@@ -35,6 +50,8 @@ def run_function(name: str, args: list[str]):
 
     module, fn = SUBCOMMANDS[name].split(":")
     func = getattr(importlib.import_module(module), fn)
+    if name in RAW_ARGV:
+        return func(args)
     try:
         return auto_cli(func, args=args, exit_on_error=False)
     except ArgumentError as e:
@@ -77,10 +94,32 @@ def check_command(argv: list[str]) -> None:
         raise WidthlabError(f"unknown command '{argv[0]}'; {guess}the commands are {', '.join(known)}")
 
 
+def help_text() -> str:
+    """The front door's help: every command with one line (LightningCLI's own would offer only its trainer
+    commands, predict among them, which widthlab does not support)."""
+    names = LIGHTNING_COMMANDS + list(SUBCOMMANDS)
+    width = max(map(len, names)) + 2
+    lines = ["usage: python -m train <command> [--config FILE] [--<option> VALUE ...]", "",
+             "Train small GPTs at several widths and compare their width curves.", "", "commands:"]
+    lines += [f"  {n:<{width}}{DESCRIPTIONS.get(n) or _doc_line(n)}" for n in names]
+    lines += ["", "python -m train <command> --help lists a command's options (every recipe option can be given "
+              "on the command line by its dotted name)."]
+    return "\n".join(lines)
+
+
+def _doc_line(name: str) -> str:
+    module, fn = SUBCOMMANDS[name].split(":")
+    doc = getattr(importlib.import_module(module), fn).__doc__ or ""
+    return doc.strip().split("\n")[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     global INVOKED
     argv = sys.argv[1:] if argv is None else list(argv)
     outer, INVOKED = INVOKED, shlex.join(["python", "-m", "train", *argv])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(help_text())
+        return
     try:
         check_command(argv)
         if argv and argv[0] in SUBCOMMANDS:
