@@ -1,4 +1,6 @@
+import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -7,8 +9,9 @@ from tokenizers import Tokenizer
 from widthlab import WidthlabError
 from widthlab.data import TokenDataModule
 from widthlab.data.cache import build_or_load, load_split, read_meta
-from widthlab.data.corpora import load_corpus
 from widthlab.data.sampling import EvalWindows, TrainWindows
+from widthlab.data.shards import TokenView
+from widthlab.data.sources import load_corpus, text_stats
 
 TEXT = "the quick brown fox jumps over the lazy dog . a stitch in time saves nine .\n"
 
@@ -20,40 +23,64 @@ def text_corpus(tmp_path):
     return f"text:{tmp_path}/*.txt"
 
 
+def _lines(n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = TEXT.split()
+    return "".join(" ".join(rng.choice(words, 12)) + f" {i}\n" for i in range(n))
+
+
 def test_ptb_word_counts_match_the_mikolov_setup():
     c = load_corpus("ptb")
     # words + <eos>, the denominators of PTB word perplexity
-    assert [c.stats(s)["words"] for s in ("train", "valid", "test")] == [929589, 73760, 82430]
+    assert [text_stats(c[s])["words"] for s in ("train", "valid", "test")] == [929589, 73760, 82430]
+
+
+def test_ptb_tokens_are_identical_to_earlier_versions(tmp_path):
+    """Every committed PTB result used BPE-2048 or -4096 from the non-streaming cache (format 1): the streaming
+    build must give byte-identical token files (blake2b-128 of each split's uint16 file, taken from format 1)."""
+    path = build_or_load("ptb", 2048, cache_dir=str(tmp_path), progress=False)
+    meta = read_meta(path)
+    sums = {s: [sh["checksum"] for sh in meta["splits"][s]["shards"]] for s in ("train", "valid", "test")}
+    assert sums == {"train": ["5115de377b2c685c9c81a1db98130917"], "valid": ["b6f2de3de29dedea7700cc5bd3a65b52"],
+                    "test": ["b506ce79442b23a90bda4ecbbd21448a"]}
+    assert [meta["splits"][s]["tokens"] for s in ("train", "valid", "test")] == [1456590, 113749, 128232]
+    assert [meta["splits"][s]["words"] for s in ("train", "valid", "test")] == [929589, 73760, 82430]
 
 
 def test_tokenizer_and_cache_round_trip(text_corpus, tmp_path):
-    path = build_or_load(text_corpus, vocab_size=300, cache_dir=str(tmp_path / "cache"))
+    path = build_or_load(text_corpus, vocab_size=300, cache_dir=str(tmp_path / "cache"), progress=False)
     tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
     ids = load_split(path, "valid")
-    assert tok.decode(ids.tolist()) == open(tmp_path / "valid.txt").read()
+    assert tok.decode(np.asarray(ids).tolist()) == open(tmp_path / "valid.txt").read()
     meta = read_meta(path)
     assert meta["splits"]["valid"]["tokens"] == len(ids)
     assert sum(meta["unigram_counts"]) == meta["splits"]["train"]["tokens"]
     assert meta["splits"]["valid"]["bytes_per_token"] == pytest.approx(os.path.getsize(tmp_path / "valid.txt") / len(ids))
 
 
-def test_cache_is_reused_invalidated_and_rebuilt(text_corpus, tmp_path):
+def test_cache_is_reused_invalidated_and_verified(text_corpus, tmp_path):
     cache = str(tmp_path / "cache")
-    a = build_or_load(text_corpus, vocab_size=300, cache_dir=cache)
-    assert build_or_load(text_corpus, vocab_size=300, cache_dir=cache) == a
-    assert build_or_load(text_corpus, vocab_size=310, cache_dir=cache) != a  # other tokenizer settings
+    a = build_or_load(text_corpus, vocab_size=300, cache_dir=cache, progress=False)
+    assert build_or_load(text_corpus, vocab_size=300, cache_dir=cache, progress=False) == a
+    assert build_or_load(text_corpus, vocab_size=310, cache_dir=cache, progress=False) != a  # other tokenizer
     with open(tmp_path / "train.txt", "a") as f:  # other content
         f.write("an entirely new line of text\n")
-    b = build_or_load(text_corpus, vocab_size=300, cache_dir=cache)
+    b = build_or_load(text_corpus, vocab_size=300, cache_dir=cache, progress=False)
     assert b != a
-    # corrupt one byte: detected by the checksum and rebuilt, never reused
-    fn = os.path.join(b, "train.bin")
+    # flip one byte: opening checks sizes only (no re-read); verify=True re-hashes, detects it and rebuilds
+    fn = os.path.join(b, read_meta(b)["splits"]["train"]["shards"][0]["file"])
     raw = bytearray(open(fn, "rb").read())
     raw[10] ^= 0xFF
     open(fn, "wb").write(bytes(raw))
-    c = build_or_load(text_corpus, vocab_size=300, cache_dir=cache)
+    assert build_or_load(text_corpus, vocab_size=300, cache_dir=cache, progress=False) == b
+    assert open(fn, "rb").read() == bytes(raw)
+    c = build_or_load(text_corpus, vocab_size=300, cache_dir=cache, progress=False, verify=True)
     assert c == b and open(fn, "rb").read() != bytes(raw)
-    assert not [d for d in os.listdir(cache) if d.startswith(".")]  # no temporary directories left behind
+    # a truncated shard fails the size check on a plain open and is rebuilt
+    open(fn, "r+b").truncate(10)
+    assert build_or_load(text_corpus, vocab_size=300, cache_dir=cache, progress=False) == b
+    assert os.path.getsize(fn) == read_meta(b)["splits"]["train"]["shards"][0]["tokens"] * 2
+    assert not [d for d in os.listdir(cache) if d.startswith(".")]  # no build directories left behind
 
 
 def test_bad_sources_and_vocab(tmp_path):
@@ -66,7 +93,106 @@ def test_bad_sources_and_vocab(tmp_path):
         load_corpus(f"text:{tmp_path}/missing*.txt")
     (tmp_path / "small.txt").write_text("".join(f"{TEXT.strip()}\n" for _ in range(40)))
     with pytest.raises(WidthlabError, match="cannot be honoured"):
-        build_or_load(f"text:{tmp_path}/small.txt", vocab_size=5000, cache_dir=str(tmp_path / "c"))
+        build_or_load(f"text:{tmp_path}/small.txt", vocab_size=5000, cache_dir=str(tmp_path / "c"), progress=False)
+    (tmp_path / "more.txt").write_text(_lines(400))
+    ok = build_or_load(f"text:{tmp_path}/more.txt", 300, cache_dir=str(tmp_path / "c"), progress=False)
+    with pytest.raises(WidthlabError, match="separator '<sep>' is not a token"):
+        build_or_load(f"text:{tmp_path}/more.txt", tokenizer_path=os.path.join(ok, "tokenizer.json"),
+                      cache_dir=str(tmp_path / "c"), progress=False, doc_separator="<sep>")
+    with pytest.raises(WidthlabError, match="holdout_docs"):
+        build_or_load(f"text:{tmp_path}/more.txt", 300, cache_dir=str(tmp_path / "c"), holdout_docs=0)
+
+
+def test_held_out_splits_are_fixed_size_deterministic_and_disjoint(tmp_path):
+    (tmp_path / "all.txt").write_text(_lines(3000))
+    src = f"text:{tmp_path}/all.txt"
+    docs = load_corpus(src)
+    a = build_or_load(src, 300, cache_dir=str(tmp_path / "c"), progress=False, holdout_docs=40, holdout_every=10)
+    meta = read_meta(a)
+    assert [meta["splits"][s]["docs"] for s in ("valid", "test")] == [40, 40]
+    assert meta["splits"]["train"]["docs"] == 3000 - 80
+    # the default (1000 documents each from 1 in 20) cannot fill from 3000: every candidate is taken, in turn
+    train, nv, nt = set(docs["train"]), len(docs["valid"]), len(docs["test"])
+    assert abs(nv - nt) <= 1 and 100 < nv + nt < 200 and not (set(docs["valid"]) & set(docs["test"]))
+    assert not (train & set(docs["valid"])) and load_corpus(src) == docs   # deterministic
+    b = build_or_load(src, 300, cache_dir=str(tmp_path / "c2"), progress=False, holdout_docs=40, holdout_every=10)
+    assert read_meta(b)["splits"]["test"]["shards"][0]["checksum"] == meta["splits"]["test"]["shards"][0]["checksum"]
+
+
+def test_hf_source_is_streamed_and_never_reuses_validation_as_test(tmp_path):
+    """`hf:` streams datasets.load_dataset; a local directory of jsonl files exercises the same code path offline."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    rows = [{"story": f"once upon a time number {i} there was a fox .", "id": i} for i in range(600)]
+    (ds / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:500]))
+    (ds / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[500:]))
+    c = load_corpus(f"hf:{ds}", text_column="story")
+    assert len(c["valid"]) == 100 and 10 < len(c["test"]) < 60  # about 1 in 20 of 500 train documents
+    assert not set(c["test"]) & set(c["valid"]) and not set(c["test"]) & set(c["train"])
+    assert len(c["train"]) + len(c["test"]) == 500 and all(d.endswith("\n") for d in c["train"])
+    with pytest.raises(WidthlabError, match="no column 'text'"):
+        load_corpus(f"hf:{ds}")
+    # a token budget: exactly the first N training tokens of the stream, a document separator after each document
+    full = build_or_load(f"hf:{ds}", 300, text_column="story", cache_dir=str(tmp_path / "c"), progress=False,
+                         doc_separator="<|endoftext|>")
+    cut = build_or_load(f"hf:{ds}", 300, text_column="story", cache_dir=str(tmp_path / "c"), progress=False,
+                        doc_separator="<|endoftext|>", max_train_tokens=1000)
+    a, b = np.asarray(load_split(full, "train")), np.asarray(load_split(cut, "train"))
+    assert len(b) == 1000 and (a[:1000] == b).all()
+    tok = Tokenizer.from_file(os.path.join(full, "tokenizer.json"))
+    sep = tok.token_to_id("<|endoftext|>")
+    assert (a == sep).sum() == read_meta(full)["splits"]["train"]["docs"] and a[-1] == sep
+    assert tok.decode(a[: int(np.argmax(a == sep))].tolist()) == c["train"][0]
+
+
+def test_token_view_stitches_shards_and_pickles_without_tokens(tmp_path):
+    flat = np.arange(1000, dtype=np.uint16)
+    files = []
+    for i, (lo, hi) in enumerate([(0, 300), (300, 310), (310, 1000)]):
+        files.append(str(tmp_path / f"s{i}.bin"))
+        flat[lo:hi].tofile(files[-1])
+    v = TokenView(files, np.uint16)
+    assert len(v) == 1000 and v[305] == 305 and (v[295:320] == flat[295:320]).all()
+    starts = np.array([0, 290, 299, 305, 979])
+    assert (v.windows(starts, 21) == flat[starts[:, None] + np.arange(21)]).all()
+    a, b = TrainWindows(v, 16, 8, seed=3), TrainWindows(flat, 16, 8, seed=3)
+    assert all((a[s][0] == b[s][0]).all() for s in range(20))
+    _ = v[0]  # maps open ...
+    assert len(pickle.dumps(v)) < 2000  # ... but a DataLoader worker gets the file names, not the tokens
+    assert (pickle.loads(pickle.dumps(v))[295:320] == flat[295:320]).all()
+
+
+def test_pretokenised_shards_skip_the_corpus(tmp_path):
+    d = tmp_path / "toks"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    parts = {"train-00000.bin": 5000, "train-00001.bin": 3000, "val.bin": 800}
+    for name, n in parts.items():
+        rng.integers(0, 700, n, dtype=np.uint16).tofile(d / name)
+    np.save(d / "test.npy", rng.integers(0, 700, 900).astype(np.uint16))
+    (d / "tokens.json").write_text(json.dumps({"vocab_size": 700, "dtype": "uint16"}))
+    dm = TokenDataModule(source=f"tokens:{d}", seq_len=16, cache_dir=str(tmp_path / "c"))
+    assert dm.real_vocab_size == 700 and dm.model_vocab_size == 704
+    assert dm.split_stats("train")["tokens"] == 8000 and dm.split_stats("test")["tokens"] == 900
+    assert sum(read_meta(dm.path)["unigram_counts"]) == 8000
+    assert (np.asarray(load_split(dm.path, "test")) == np.load(d / "test.npy")).all()
+    x, y = dm.train_dataloader().dataset[0]
+    assert x.shape == (32, 16) and int(x.max()) < 700
+    # bad input: one line each
+    (d / "tokens.json").write_text(json.dumps({"vocab_size": 2**33, "dtype": "uint32"}))
+    with pytest.raises(WidthlabError, match="cannot hold"):
+        build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
+    (d / "tokens.json").write_text(json.dumps({"vocab_size": 700, "dtype": "uint16"}))
+    (d / "train-00002.bin").write_bytes(b"\x01\x02\x03")
+    with pytest.raises(WidthlabError, match="not a multiple"):
+        build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
+    (d / "train-00002.bin").write_bytes(b"")
+    with pytest.raises(WidthlabError, match="is empty"):
+        build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
+    os.remove(d / "train-00002.bin")
+    os.remove(d / "val.bin")
+    with pytest.raises(WidthlabError, match="no valid files"):
+        build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
 
 
 def test_sampler_is_a_pure_function_of_seed_and_step():
@@ -103,17 +229,3 @@ def test_frequency_deciles_hold_a_tenth_of_the_tokens_each(cache_dir):
     assert sum(mass) == pytest.approx(1.0)
     assert mass[0] > 0.05 and max(mass) < 0.25  # one very frequent type can overfill a bucket a little
     assert dm.model_vocab_size % 64 == 0 and dm.model_vocab_size >= dm.real_vocab_size
-
-
-def test_hf_source_through_a_local_dataset_directory(tmp_path):
-    """`hf:` is datasets.load_dataset; a local directory of jsonl files exercises the same code path offline."""
-    import json
-    rows = [{"story": f"once upon a time number {i} there was a fox .", "id": i} for i in range(60)]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:50]))
-    (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[50:]))
-    c = load_corpus(f"hf:{tmp_path}", text_column="story")
-    assert len(c.docs["train"]) == 50 and len(c.docs["valid"]) == 10
-    assert c.docs["test"] == c.docs["valid"]  # no test split: the validation split stands in
-    assert all(d.endswith("\n") for d in c.docs["train"])
-    with pytest.raises(WidthlabError, match="no column 'text'"):
-        load_corpus(f"hf:{tmp_path}")

@@ -1,112 +1,235 @@
-"""Token cache: data/cache/<key>/{tokenizer.json, <split>.bin, meta.json}, keyed by a hash of everything that
-determines the tokens (source fingerprint, tokenizer settings or file hash, cache format version).
+"""Token cache: data/cache/<key>/{tokenizer.json, <split>-NNNNN.bin, meta.json}, keyed by a hash of everything that
+determines the tokens (the source's cheap fingerprint, the tokenizer's settings or file hash, the token budget, the
+document separator, the holdout rule, the format version). The key needs no text read, so `tokens:` sources and
+jobs that only read a cache prepared elsewhere never load a corpus.
 
-Built in a temporary directory and renamed into place, so a crash never leaves a half-written cache; every load
-checks sizes and checksums, and a stale or corrupt cache is rebuilt, never silently reused.
+Crash-safe and shared: one process builds under an exclusive lock (`<key>.lock`, flock) while the others wait and
+then read; the build runs in `.<key>.building/`, resumes from its finished shards after a crash (build.py), and is
+renamed into place only when complete, so nothing half-written is ever used. Opening a built cache checks the
+shards' sizes against meta.json (no re-reading); `verify=True` (`prepare --verify`) re-hashes every shard.
+
+`tokens:<dir>`: your own pre-tokenised shards, used in place (see tokens.py).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from widthlab import WidthlabError
-from widthlab.data.corpora import SPLITS, load_corpus
-from widthlab.data.tokenizer import load_tokenizer, train_bpe
+from widthlab.data.build import Limits, tokenize_source
+from widthlab.data.shards import TokenView, hash_file
+from widthlab.data.sources import SPLITS, open_source
+from widthlab.data.tokenizer import bpe_sample, is_hub_name, load_tokenizer, separator_id, train_bpe
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 log = logging.getLogger(__name__)
 
 
-def _file_hash(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass
+class DataSpec:
+    """Everything that decides the tokens (data.* in a recipe; see TokenDataModule for each one's meaning)."""
+    source: str = "ptb"
+    vocab_size: int = 4096
+    tokenizer_path: str | None = None
+    text_column: str = "text"
+    max_docs: int | None = None
+    max_train_tokens: int | None = None
+    doc_separator: str | None = None
+    bpe_sample_bytes: int = 100_000_000
+    holdout_docs: int = 1000
+    holdout_every: int = 20
 
 
-def cache_key(source: str, vocab_size: int, tokenizer_path: str | None, text_column: str,
-              max_docs: int | None, fingerprint: str) -> str:
-    spec = {"v": FORMAT_VERSION, "source": source, "fingerprint": fingerprint, "text_column": text_column,
-            "max_docs": max_docs, "vocab_size": None if tokenizer_path else vocab_size,
-            "tokenizer": _file_hash(tokenizer_path) if tokenizer_path else "bpe-bytelevel-minfreq2"}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+def _tokenizer_id(spec: DataSpec) -> str | dict:
+    if spec.tokenizer_path is None:
+        return {"bpe": "bytelevel-minfreq2", "vocab_size": spec.vocab_size, "sample_bytes": spec.bpe_sample_bytes}
+    if os.path.isfile(spec.tokenizer_path):
+        return hash_file(spec.tokenizer_path)
+    return hashlib.blake2b(load_tokenizer(spec.tokenizer_path).to_str().encode(), digest_size=16).hexdigest()
 
 
-def _valid(path: str) -> bool:
-    try:
-        with open(os.path.join(path, "meta.json")) as f:
-            meta = json.load(f)
-        for s in SPLITS:
-            fn = os.path.join(path, f"{s}.bin")
-            info = meta["splits"][s]
-            if os.path.getsize(fn) != info["tokens"] * np.dtype(meta["dtype"]).itemsize:
-                return False
-            if _file_hash(fn) != info["checksum"]:
-                return False
-        return os.path.isfile(os.path.join(path, "tokenizer.json"))
-    except (OSError, KeyError, ValueError, TypeError):
-        return False
+def _settings_hash(spec: DataSpec) -> str:
+    """The key's inputs less the source fingerprint: names the latest cache of these settings, for offline use."""
+    d = {k: v for k, v in asdict(spec).items() if k != "vocab_size" or spec.tokenizer_path is None}
+    return hashlib.sha256(json.dumps({"v": FORMAT_VERSION, **d}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_or_load(source: str = "ptb", vocab_size: int = 4096, tokenizer_path: str | None = None,
-                  text_column: str = "text", max_docs: int | None = None, cache_dir: str = "data/cache") -> str:
-    """Return the directory of a valid cache for these settings, building it if needed."""
-    corpus = load_corpus(source, text_column, max_docs)
-    key = cache_key(source, vocab_size, tokenizer_path, text_column, max_docs, corpus.fingerprint)
-    path = os.path.join(cache_dir, key)
-    if os.path.isdir(path):
-        if _valid(path):
-            return path
-        log.warning("token cache %s is corrupt or incomplete; rebuilding it", path)
-        shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir)
-    try:
-        _build(corpus, vocab_size, tokenizer_path, tmp)
-        os.replace(tmp, path) if not os.path.exists(path) else shutil.rmtree(tmp)  # another rank may have won
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def _build(corpus, vocab_size: int, tokenizer_path: str | None, out: str) -> None:
-    tok = load_tokenizer(tokenizer_path) if tokenizer_path else train_bpe(corpus.docs["train"], vocab_size)
-    tok.save(os.path.join(out, "tokenizer.json"))
-    n_vocab = tok.get_vocab_size()
-    dtype = np.uint16 if n_vocab <= 1 << 16 else np.uint32
-    meta = {"version": FORMAT_VERSION, "source": corpus.source, "fingerprint": corpus.fingerprint,
-            "vocab_size": n_vocab, "dtype": np.dtype(dtype).name, "splits": {}}
-    for split in SPLITS:
-        ids = np.concatenate([np.asarray(e.ids, dtype=dtype) for e in tok.encode_batch(corpus.docs[split])])
-        fn = os.path.join(out, f"{split}.bin")
-        ids.tofile(fn)
-        st = corpus.stats(split)
-        meta["splits"][split] = {"tokens": int(ids.size), "checksum": _file_hash(fn), **st,
-                                 "bytes_per_token": st["bytes"] / max(ids.size, 1),
-                                 "words_per_token": st["words"] / max(ids.size, 1)}
-        if split == "train":
-            meta["unigram_counts"] = np.bincount(ids, minlength=n_vocab).tolist()
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump(meta, f)
-
-
-def load_split(path: str, split: str) -> np.ndarray:
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    return np.memmap(os.path.join(path, f"{split}.bin"), dtype=meta["dtype"], mode="r")
+def cache_key(spec: DataSpec, fingerprint: str) -> str:
+    d = {"v": FORMAT_VERSION, **asdict(spec), "fingerprint": fingerprint, "tokenizer": _tokenizer_id(spec)}
+    if spec.tokenizer_path is not None:
+        d.pop("vocab_size"), d.pop("bpe_sample_bytes")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_meta(path: str) -> dict:
     with open(os.path.join(path, "meta.json")) as f:
         return json.load(f)
+
+
+def _complete(path: str, verify: bool = False) -> bool:
+    """A finished cache: meta.json of this format and every shard at its recorded size (and checksum, if asked)."""
+    try:
+        meta = read_meta(path)
+        if meta.get("version") != FORMAT_VERSION:
+            return False
+        item = np.dtype(meta["dtype"]).itemsize
+        for s in SPLITS:
+            for sh in meta["splits"][s]["shards"]:
+                fn = os.path.join(path, sh["file"])
+                if os.path.getsize(fn) != sh["tokens"] * item + sh.get("offset", 0):
+                    return False
+                if verify and sh.get("checksum") and hash_file(fn) != sh["checksum"]:
+                    log.warning("token shard %s fails its checksum", fn)
+                    return False
+        return True
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+
+
+@contextmanager
+def _lock(path: str):
+    """Exclusive flock on <path>.lock: concurrent sweep points, DDP ranks and SLURM jobs wait for one builder."""
+    with open(path + ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is building the token cache {path} ...", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fingerprint(spec: DataSpec, cache_dir: str) -> tuple[str | None, str | None]:
+    """(key, None) from the source's fingerprint; offline, an hf: source falls back to the cache last prepared with
+    these settings (recorded by _remember), so jobs can run offline after `prepare` — (key, note)."""
+    latest = os.path.join(cache_dir, "latest", _settings_hash(spec))
+    try:
+        source = open_source(spec.source, spec.text_column, spec.holdout_docs, spec.holdout_every)
+    except WidthlabError:
+        if spec.source.startswith("hf:") and os.path.isfile(latest):
+            key = open(latest).read().strip()
+            return key, f"{spec.source} is unreachable; using the cache prepared for it earlier ({key})"
+        raise
+    return cache_key(spec, source.fingerprint), None
+
+
+def _remember(spec: DataSpec, cache_dir: str, key: str) -> None:
+    os.makedirs(os.path.join(cache_dir, "latest"), exist_ok=True)
+    tmp = os.path.join(cache_dir, "latest", f".{key}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(key)
+    os.replace(tmp, os.path.join(cache_dir, "latest", _settings_hash(spec)))
+
+
+def build_or_load(source: str = "ptb", vocab_size: int = 4096, tokenizer_path: str | None = None,
+                  text_column: str = "text", max_docs: int | None = None, cache_dir: str = "data/cache",
+                  verify: bool = False, progress: bool = True, shard_tokens: int = 100_000_000,
+                  **settings) -> str:
+    """Return the directory of a complete cache for these settings (DataSpec's fields), building it if needed."""
+    spec = DataSpec(source, vocab_size, tokenizer_path, text_column, max_docs, **settings)
+    if spec.source.startswith("tokens:"):
+        from widthlab.data.tokens import index_tokens
+        return index_tokens(spec.source[7:], cache_dir, verify)
+    key, note = _fingerprint(spec, cache_dir)
+    path = os.path.join(cache_dir, key)
+    if note:
+        print(note, file=sys.stderr)
+    if _complete(path, verify):
+        return path
+    os.makedirs(cache_dir, exist_ok=True)
+    with _lock(path):
+        if _complete(path, verify):  # another process built it while we waited
+            return path
+        if os.path.isdir(path):
+            log.warning("token cache %s is corrupt or incomplete; rebuilding it", path)
+            shutil.rmtree(path)
+        work = os.path.join(cache_dir, f".{key}.building")
+        os.makedirs(work, exist_ok=True)
+        _build(spec, work, Limits(max_docs, spec.max_train_tokens, spec.holdout_docs, spec.holdout_every,
+                                  shard_tokens), progress)
+        os.replace(work, path)
+    _remember(spec, cache_dir, key)
+    return path
+
+
+def _tokenizer(spec: DataSpec, source, work: str, progress: bool):
+    fn = os.path.join(work, "tokenizer.json")
+    if os.path.isfile(fn):  # a resumed build keeps the tokenizer its shards were made with
+        return load_tokenizer(fn)
+    if spec.tokenizer_path is not None:
+        tok = load_tokenizer(spec.tokenizer_path)
+    else:
+        from tqdm import tqdm
+        train = next(s for s in source.streams if s.split == "train")
+        bar = tqdm(desc="BPE sample", unit="B", unit_scale=True, file=sys.stderr,
+                   total=min(spec.bpe_sample_bytes, train.nbytes or spec.bpe_sample_bytes),
+                   disable=not progress, dynamic_ncols=True)
+        docs = bpe_sample(train.open(0), spec.bpe_sample_bytes, on_doc=lambda d: bar.update(len(d)))
+        if source.spec == "ptb":  # PTB is 5 MB: one list, exactly as earlier versions trained on it
+            docs = list(docs)
+        special = [spec.doc_separator] if spec.doc_separator else []
+        tok = train_bpe(docs, spec.vocab_size, special_tokens=special, show_progress=progress)
+        bar.close()
+    separator_id(tok, spec.doc_separator)  # a separator the tokenizer lacks is an error before any tokenising
+    tok.save(fn + ".tmp")
+    os.replace(fn + ".tmp", fn)
+    return tok
+
+
+def _build(spec: DataSpec, work: str, limits: Limits, progress: bool) -> None:
+    t0 = time.time()
+    source = open_source(spec.source, spec.text_column, spec.holdout_docs, spec.holdout_every)
+    tok = _tokenizer(spec, source, work, progress)
+    state = tokenize_source(source, tok, work, limits, separator_id(tok, spec.doc_separator), progress)
+    splits = {}
+    for s in SPLITS:
+        st = state["stats"][s]
+        if st["tokens"] == 0:
+            raise WidthlabError(f"corpus {spec.source} has an empty {s} split; give it more text")
+        splits[s] = {**st, "shards": state["shards"][s], "bytes_per_token": st["bytes"] / st["tokens"],
+                     "words_per_token": st["words"] / st["tokens"]}
+    meta = {"version": FORMAT_VERSION, "source": spec.source, "fingerprint": source.fingerprint,
+            "spec": asdict(spec), "vocab_size": tok.get_vocab_size(), "dtype": _dtype_name(tok.get_vocab_size()),
+            "splits": splits, "unigram_counts": state["unigram"], "notes": source.notes,
+            "build_seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(work, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    os.remove(os.path.join(work, "state.json"))
+    if progress:
+        mb = sum(splits[s]["bytes"] for s in SPLITS) / 1e6
+        parts = ", ".join(f"{s} {splits[s]['tokens'] / 1e6:.2f}M tokens ({len(splits[s]['shards'])} shard"
+                          f"{'s' * (len(splits[s]['shards']) > 1)})" for s in SPLITS)
+        dt = time.time() - t0
+        print(f"token cache built: {parts}; {mb:.0f} MB of text in {dt:.0f} s ({mb / max(dt, 1e-9):.1f} MB/s)",
+              file=sys.stderr)
+    for n in source.notes:
+        print(f"note: {n}", file=sys.stderr)
+
+
+def _dtype_name(vocab: int) -> str:
+    from widthlab.data.shards import token_dtype
+    return token_dtype(vocab).name
+
+
+def load_split(path: str, split: str) -> TokenView:
+    """A split's tokens as one read-only sequence over its shards (memory-mapped, opened lazily per process)."""
+    meta = read_meta(path)
+    shards = meta["splits"][split]["shards"]
+    return TokenView([os.path.join(path, sh["file"]) for sh in shards], meta["dtype"],
+                     [sh["tokens"] for sh in shards], [sh.get("offset", 0) for sh in shards])
 
 
 def raise_if_short(tokens: int, seq_len: int, split: str) -> None:

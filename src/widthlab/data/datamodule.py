@@ -15,18 +15,26 @@ from widthlab.data.sampling import EvalWindows, StepSampler, TrainWindows
 class TokenDataModule(L.LightningDataModule):
     def __init__(self, source: str = "ptb", vocab_size: int = 4096, seq_len: int = 128, batch_size: int = 32,
                  eval_batch_size: int = 64, tokenizer_path: str | None = None, text_column: str = "text",
-                 max_docs: int | None = None, max_eval_tokens: int | None = None, cache_dir: str = "data/cache",
+                 max_docs: int | None = None, max_train_tokens: int | None = None,
+                 doc_separator: str | None = None, bpe_sample_bytes: int = 100_000_000, holdout_docs: int = 1000,
+                 holdout_every: int = 20, max_eval_tokens: int | None = None, cache_dir: str = "data/cache",
                  seed: int = 1337, pad_vocab_to: int = 64, num_workers: int = 0):
         """
         Args:
-            source: ptb | text:<path or glob> | hf:<id>[:<config>]
+            source: ptb | text:<path or glob> | hf:<id>[:<config>] (streamed) | tokens:<dir> (pre-tokenised shards)
             vocab_size: BPE vocabulary size n (ignored when tokenizer_path is given)
             seq_len: tokens per training window (the model's context)
             batch_size: windows per micro-batch on each device
             eval_batch_size: windows per validation/test batch
-            tokenizer_path: an existing tokenizer.json instead of training BPE
+            tokenizer_path: a tokenizer.json, or a Hugging Face hub name (e.g. gpt2), instead of training BPE
             text_column: the text column of an hf: dataset
-            max_docs: cap on documents per split of an hf: dataset
+            max_docs: cap on documents read from each split's stream
+            max_train_tokens: keep only the first N training tokens of the stream (a token budget for huge corpora)
+            doc_separator: a special token put after every document (e.g. <|endoftext|>; added to a trained BPE's
+                vocabulary); null: documents are concatenated as they are, each ending in a newline
+            bpe_sample_bytes: BPE trains on the first this-many bytes of training text (documents cut at 10k chars)
+            holdout_docs: documents held out for valid and for test, each, when the source lacks those splits
+            holdout_every: held-out documents are drawn from about one in this many documents
             max_eval_tokens: evaluate only the first N tokens of valid/test (None = the whole split)
             cache_dir: where token caches live
             seed: sampling seed; windows are a pure function of (seed, step)
@@ -46,8 +54,10 @@ class TokenDataModule(L.LightningDataModule):
     def path(self) -> str:
         if self._path is None:
             hp = self.hparams
-            self._path = build_or_load(hp.source, hp.vocab_size, hp.tokenizer_path, hp.text_column,
-                                       hp.max_docs, hp.cache_dir)
+            self._path = build_or_load(hp.source, hp.vocab_size, hp.tokenizer_path, hp.text_column, hp.max_docs,
+                                       hp.cache_dir, max_train_tokens=hp.max_train_tokens,
+                                       doc_separator=hp.doc_separator, bpe_sample_bytes=hp.bpe_sample_bytes,
+                                       holdout_docs=hp.holdout_docs, holdout_every=hp.holdout_every)
             self._meta = read_meta(self._path)
             for split in ("train", "valid", "test"):
                 raise_if_short(self._meta["splits"][split]["tokens"], self.seq_len, split)
@@ -68,8 +78,9 @@ class TokenDataModule(L.LightningDataModule):
         return -(-self.real_vocab_size // k) * k
 
     @property
-    def tokenizer_file(self) -> str:
-        return os.path.join(self.path, "tokenizer.json")
+    def tokenizer_file(self) -> str | None:
+        fn = os.path.join(self.path, "tokenizer.json")
+        return fn if os.path.isfile(fn) else None  # tokens: sources may come without one
 
     @property
     def unigram(self) -> torch.Tensor:

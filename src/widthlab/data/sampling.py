@@ -42,7 +42,10 @@ class TrainWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         starts = window_starts(self.seed, self.sample_ids(micro_step), self.n_windows)
-        w = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        if hasattr(self.tokens, "windows"):  # a TokenView over shards: windows may cross a shard boundary
+            w = torch.from_numpy(self.tokens.windows(starts, self.T + 1).astype(np.int64))
+        else:
+            w = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
         return w[:, :-1], w[:, 1:]
 
 

@@ -1,0 +1,114 @@
+"""`tokens:<dir>`: your own pre-tokenised shards, used in place (no corpus, no tokenizer training).
+
+The directory holds flat token files and a small `tokens.json`:
+
+    my_tokens/
+      tokens.json         {"vocab_size": 50257, "dtype": "uint16",               # required
+                           "bytes_per_token": {"train": 4.2, "valid": 4.2, "test": 4.2}}   # optional: enables bpb
+      train-00000.bin     raw little-endian token ids (nanoGPT's train.bin, llm.c shards without header) or .npy
+      train-00001.bin
+      valid.bin           the files of a split are the ones whose name starts with train / valid (or val) / test,
+      test.bin            taken in sorted order
+      tokenizer.json      optional: decoding and `analyze` use it when present
+
+widthlab indexes the files (sizes, unigram counts of train, one pass in bounded memory) into
+`data/cache/<key>/meta.json` and reads them where they are. The key hashes tokens.json and every file's path,
+size and mtime, so a changed file is re-indexed. Bad input (no tokens.json, an empty file, a size that is not a
+multiple of the dtype, a token id ≥ vocab_size) is a one-line error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+
+from widthlab import WidthlabError
+from widthlab.data.shards import hash_file
+
+_PREFIX = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}
+
+
+def _files(d: str) -> dict[str, list[str]]:
+    names = sorted(f for f in os.listdir(d) if f.endswith((".bin", ".npy")))
+    out = {split: [os.path.join(d, f) for f in names if f.startswith(prefixes)] for split, prefixes in _PREFIX.items()}
+    for split, fs in out.items():
+        if not fs:
+            raise WidthlabError(f"tokens:{d} has no {split} files; name them {split}*.bin or .npy "
+                                "(train, valid and test are all needed; widthlab never reuses one as another)")
+    return out
+
+
+def _npy_offset(fn: str) -> tuple[int, np.dtype]:
+    """Where a .npy file's data starts (after its header), and its dtype, from numpy's own reader."""
+    try:
+        arr = np.load(fn, mmap_mode="r")
+    except ValueError as e:
+        raise WidthlabError(f"{fn} is not a readable .npy file ({e})") from None
+    if arr.ndim != 1:
+        raise WidthlabError(f"{fn} holds an array of shape {arr.shape}; token files are 1-D")
+    return int(arr.offset), arr.dtype
+
+
+def index_tokens(d: str, cache_dir: str, verify: bool = False) -> str:
+    d = os.path.abspath(d)
+    fn = os.path.join(d, "tokens.json")
+    if not os.path.isfile(fn):
+        raise WidthlabError(f"tokens:{d} needs a tokens.json with vocab_size and dtype (see widthlab.data.tokens)")
+    try:
+        spec = json.load(open(fn))
+        vocab, dtype = int(spec["vocab_size"]), np.dtype(spec["dtype"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise WidthlabError(f"{fn} must give vocab_size (an int) and dtype (uint16 or uint32): {e}") from None
+    if dtype not in (np.uint16, np.uint32) or vocab > np.iinfo(dtype).max + 1:
+        raise WidthlabError(f"{fn}: dtype {dtype} cannot hold a vocabulary of {vocab}; use uint16 (≤ 65536) "
+                            "or uint32 (≤ 2^32)")
+    files = _files(d)
+    stamp = [json.dumps(spec, sort_keys=True)] + [f"{f}:{os.path.getsize(f)}:{os.path.getmtime(f)}"
+                                                 for s in files for f in files[s]]
+    key = "tokens-" + hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, key)
+    if os.path.isfile(os.path.join(path, "meta.json")) and not verify:
+        return path
+    splits, unigram = {}, np.zeros(vocab, dtype=np.int64)
+    for split, fs in files.items():
+        shards = []
+        for f in fs:
+            offset = 0
+            if f.endswith(".npy"):
+                offset, fdt = _npy_offset(f)
+                if fdt != dtype:
+                    raise WidthlabError(f"{f} holds {fdt}, but tokens.json says {dtype}")
+            size = os.path.getsize(f) - offset
+            if size == 0:
+                raise WidthlabError(f"token file {f} is empty; remove it or write its tokens")
+            if size % dtype.itemsize:
+                raise WidthlabError(f"token file {f} has {size} bytes, not a multiple of {dtype}'s "
+                                    f"{dtype.itemsize}; it is truncated or of another dtype")
+            arr = np.memmap(f, dtype=dtype, mode="r", offset=offset)
+            top = 0
+            for i in range(0, len(arr), 1 << 24):  # bounded memory: 16M tokens at a time
+                chunk = arr[i:i + (1 << 24)]
+                top = max(top, int(chunk.max()))
+                if split == "train":
+                    unigram += np.bincount(chunk, minlength=vocab)[:vocab]
+            if top >= vocab:
+                raise WidthlabError(f"{f} holds token id {top}, not below vocab_size={vocab} of tokens.json")
+            shards.append({"file": f, "tokens": len(arr), "offset": offset, "checksum": hash_file(f)})
+        n = sum(sh["tokens"] for sh in shards)
+        bpt = (spec.get("bytes_per_token") or {}).get(split)
+        splits[split] = {"tokens": n, "shards": shards, "bytes_per_token": bpt, "words_per_token": None,
+                         "bytes": bpt * n if bpt else None, "words": None, "docs": None}
+    meta = {"version": 2, "source": f"tokens:{d}", "fingerprint": key, "vocab_size": vocab, "dtype": dtype.name,
+            "splits": splits, "unigram_counts": unigram.tolist(), "notes": []}
+    tmp = path + f".tmp-{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    if os.path.isfile(os.path.join(d, "tokenizer.json")):
+        shutil.copy(os.path.join(d, "tokenizer.json"), os.path.join(tmp, "tokenizer.json"))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
