@@ -7,17 +7,20 @@ block or a traceback (the usage is for --help).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import warnings
 import zipfile
 from typing import Optional
 
 import torch
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table, get_human_readable_count
 
 from widthlab import WidthlabError
 from widthlab.callbacks.hparams import HParamsWriter
@@ -31,6 +34,11 @@ from widthlab.module import LitGPT
 
 
 class WidthlabCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict:
+        # no predict: LitGPT has no predict_step, and the front door (widthlab.cli) refuses the command
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # n and the context come from the data: the tokenizer decides how many rows E and U need.
         parser.link_arguments("data.model_vocab_size", "model.vocab_size", apply_on="instantiate")
@@ -56,6 +64,9 @@ class WidthlabCLI(LightningCLI):
         # metrics.json at fit end (callbacks run in this order).
         kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [
             RunRecorder(), HParamsWriter(arm=self._get(self.config_init, "arm")), FitSummary()]
+        if self._get(self.config_init, "trainer.enable_model_summary") is not False:
+            kwargs["callbacks"].append(FlopsSummary())
+            kwargs["enable_model_summary"] = False  # Lightning's own, which ours replaces (else it says it skips it)
         return super().instantiate_trainer(**kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -114,6 +125,48 @@ def check_ckpt_path(path: str | None) -> None:
             raise WidthlabError(f"--ckpt_path {path} is a zip archive but not a torch checkpoint; {fix}")
 
 
+class FlopsSummary(ModelSummary):
+    """Lightning's model summary with its last line telling the truth: "Total Flops" counts a forward pass of
+    `example_input_array`, which LitGPT does not set, so it always read 0. It shows the training FLOPs per token that
+    widthlab computes (6N + attention, head included; the figure behind perf/mfu and compare's k_C) instead."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._flops_per_token = getattr(pl_module, "flops_per_token", None)
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(self, summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  total_flops, **kwargs) -> None:
+        if not total_flops:  # and no per-layer FLOPs column of zeros either
+            summary_data = [col for col in summary_data if col[0] != "FLOPs"]
+        lines = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *summary_data).splitlines()
+        if lines[-1].endswith("Total Flops"):
+            lines.pop()
+            if self._flops_per_token:
+                lines.append(f"{get_human_readable_count(self._flops_per_token):<10}Training FLOPs per token")
+        logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + "\n".join(lines))
+
+
+@contextlib.contextmanager
+def _no_false_alarms():
+    """Silences exactly three messages Lightning prints at every fit or resume, each wrong for widthlab:
+
+    - "...your dataloader is not resumable. This can cause unreliable results...": training windows are a pure
+      function of (seed, step) (widthlab.data.sampling), so a resumed run draws the batches it would have drawn;
+      test_train.py checks a resumed run against an uninterrupted one, and they are identical.
+    - "Checkpoint directory ... exists and is not empty": a resume writes into its own run's checkpoints, and a new
+      fit into a directory that holds a run is refused before this (WidthlabCLI.before_fit).
+    - torch's FutureWarning that `LeafSpec` is deprecated: raised inside Lightning's own pytree helper, nothing a
+      user can act on (scoped to that module, so the same warning from other code still shows)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch "
+                                                  r"ended and your dataloader is not resumable")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.$")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+        yield
+
+
 class _DropLightningTips(logging.Filter):
     """Lightning advertises its cloud services (litlogger, litmodels) at every fit; the run's own summary says
     where its logs are."""
@@ -128,11 +181,12 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
 
 
 def run_lightning_cli(argv: list[str]) -> WidthlabCLI:
-    return WidthlabCLI(
-        LitGPT, TokenDataModule, args=None if argv == sys.argv[1:] else argv,
-        parser_kwargs={"exit_on_error": False},  # errors come back as ArgumentError: one line (parse_arguments)
-        seed_everything_default=1337,
-        save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"},
-        trainer_defaults={"use_distributed_sampler": False,  # our samplers shard by rank themselves
-                          "default_root_dir": "runs/default", "log_every_n_steps": 10},
-    )
+    with _no_false_alarms():
+        return WidthlabCLI(
+            LitGPT, TokenDataModule, args=None if argv == sys.argv[1:] else argv,
+            parser_kwargs={"exit_on_error": False},  # errors come back as ArgumentError: one line (parse_arguments)
+            seed_everything_default=1337,
+            save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"},
+            trainer_defaults={"use_distributed_sampler": False,  # our samplers shard by rank themselves
+                              "default_root_dir": "runs/default", "log_every_n_steps": 10},
+        )
