@@ -346,7 +346,7 @@ def test_errors(tmp_path, capsys):
     mixed = make_sweep(tmp_path / "mixed", recipe_of=lambda arm: {**RECIPE, "n_layer": 2 if arm == "baseline" else 4})
     with pytest.raises(WidthlabError, match="n_layer"):
         compare(str(mixed), n_boot=10)
-    with pytest.raises(WidthlabError, match="< 3 needed"):
+    with pytest.raises(WidthlabError, match="a fit needs at least 3 widths.*lower --min_width"):
         compare(str(sweep), n_boot=10, min_width=128)
 
 

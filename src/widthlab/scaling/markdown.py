@@ -8,9 +8,14 @@ import numpy as np
 _NA = {"est": float("nan"), "lo": float("nan"), "hi": float("nan")}
 
 
+def _has(x) -> bool:
+    """A number to print: not missing, not NaN (±inf is a real answer: an infinite multiplier)."""
+    return isinstance(x, (int, float)) and x == x
+
+
 def fmt_int(d: dict) -> str:
-    if d["kind"] == "nan":
-        return "nan"
+    if d["kind"] == "nan" or not _has(d["est"]):
+        return "–"
     if d["kind"]:
         return f"{d['kind']} {d['est']:.3g}"
     return f"{d['est']:.3g}" + (f" [{d['lo']:.3g}, {d['hi']:.3g}]" if math.isfinite(d["lo"]) else "")
@@ -21,11 +26,32 @@ def interp_line(per_width: dict, key: str) -> str:
 
 
 def fmt(d: dict, digits: int = 3) -> str:
-    g = lambda x: "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"  # noqa
-    return f"{g(d['est'])} [{g(d['lo'])}, {g(d['hi'])}]"
+    """est [lo, hi]; the estimate alone when there is no interval (the report says why: no_interval), "–" when
+    there is no estimate. Never nan."""
+    if not _has(d["est"]):
+        return "–"
+    if not (_has(d["lo"]) and _has(d["hi"])):
+        return f"{d['est']:.{digits}g}"
+    return f"{d['est']:.{digits}g} [{d['lo']:.{digits}g}, {d['hi']:.{digits}g}]"
 
 
-def _bound(d: dict, key: str, digits: int = 3) -> str:
+def no_interval(res: dict) -> str:
+    """Why some estimate has no interval, in words, with what would give one."""
+    b, noise = res["baseline"], res["noise"]
+    n_w = res["curve"]["n_widths"]
+    if noise[b]["kind"] == "none":
+        return (f"the baseline has no replicate seeds (one run per width) and only {n_w} widths, so there is no noise "
+                "estimate to draw intervals from: add a seed (a second run at every width), or a fourth width")
+    lone = [a for a, n in noise.items() if n["kind"] == "none"]
+    if lone:
+        return (f"{', '.join(lone)} ha{'s' if len(lone) == 1 else 've'} no replicate seeds and too few widths for "
+                "a noise estimate of its own: add a seed")
+    return "fewer than 95 % of the bootstrap draws gave a finite value"
+
+
+def _bound(d: dict, key: str, digits: int = 3, why: str = "") -> str:
+    if not (_has(d["lo"]) and _has(d["hi"])):
+        return f"{key} = {d['est']:.{digits}g} (no interval: {why})" if why else f"{key} = {d['est']:.{digits}g}"
     lo = ("≤ " if d["open_lo"] else "") + f"{d['lo']:.{digits}g}"
     hi = f"{d['hi']:.{digits}g}" + (" (bound)" if d["open_hi"] else "")
     return f"{key} = {d['est']:.{digits}g} [{lo}, {hi}]"
@@ -59,7 +85,7 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
                      f"{mean(v('epochs'))} | {mean(v('tokens_per_param'))} | {mean(gaps)} | {_minutes(v('wall_s'))} | "
                      f"{why or '–'} |")
     lines += glance(res, cells)
-    lines += _curve(res, c, pct)
+    lines += _curve(res, c, pct, runs)
     if len(res["arms"]) > 1:
         lines += _multipliers(res, pct)
     lines += _overlap(res)
@@ -103,14 +129,28 @@ def _how_run(prov: dict | None) -> list[str]:
     return lines + [""]
 
 
-def _curve(res: dict, c: dict, pct: str) -> list[str]:
+def _no_midrun(runs: list[dict], res: dict) -> str:
+    """Why α could not be refitted at 60 % of training: no history at all, or no validation that early."""
+    base = [r for r in runs if r["arm"] == res["baseline"] and r.get("_fit")]
+    if not any(r.get("val_history") for r in base):
+        return "the runs carry no validation history (a CSV, or results without val_history)"
+    return ("the refit needs each baseline run's loss at or before 60 % of its training, and not every run "
+            "validated that early: validate more often (trainer.val_check_interval), or give a matched short "
+            "sweep (--short_sweep)")
+
+
+def _curve(res: dict, c: dict, pct: str, runs: list[dict]) -> list[str]:
     lof, conv = c["lack_of_fit"], c["convergence"]
+    why = no_interval(res)
+    noise = (f"{pct} profile-likelihood intervals with the noise variance from the {c['noise']}"
+             if c["noise"] != "no noise estimate" else f"no intervals: {why}")
     out = ["", "## The baseline's width curve: L = A · m^-α + E", "",
            f"Fitted to the baseline's {c['n_widths']} cell means ({c['n_runs']} runs, weights = seeds) by variable "
-           f"projection; {pct} profile-likelihood intervals with the noise variance from the {c['noise']}.", "",
-           f"- {_bound(c['alpha'], 'α')}" + (f" (half-width {(c['alpha']['hi'] - c['alpha']['lo']) / 2:.3f})"
-                                             if math.isfinite(c['alpha']['lo']) else ""),
-           f"- {_bound(c['E'], 'E', 4)} nats/token; A = {c['A']:.4g}"]
+           f"projection; {noise}.", "",
+           f"- {_bound(c['alpha'], 'α', why='see above')}" + (
+               f" (half-width {(c['alpha']['hi'] - c['alpha']['lo']) / 2:.3f})" if math.isfinite(c['alpha']['lo'])
+               else ""),
+           f"- {_bound(c['E'], 'E', 4, why='see above')} nats/token; A = {c['A']:.4g}"]
     if math.isfinite(lof["p"]):
         out.append(f"- lack of fit: χ²/dof = {lof['chi2_dof']:.2f} (cell means about the curve in units of the seed "
                    f"variance; F on ({lof['dof']}, {lof['nu']}) dof), p = {lof['p']:.3g}"
@@ -146,7 +186,7 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
                    f"({'inside' if mid['inside'] else '**outside**'} α's interval)"
                    + ("; under a cosine schedule that checkpoint has not decayed its LR" if matched else ""))
     elif not matched:
-        out.append("- convergence: not checked (the runs carry no validation history)")
+        out.append(f"- convergence: not checked ({_no_midrun(runs, res)})")
     if c["not_identified"] or c["fails"]:
         out.append(f"- **warning**: the curve does not pass its checks ({'; '.join(c['not_identified'] + c['fails'])}). "
                    "Multipliers below still compare each arm with the baseline measured at the same width, but "
@@ -163,7 +203,8 @@ def _curve(res: dict, c: dict, pct: str) -> list[str]:
                 f"{j['E']:.4f}; dashed in the plot): " + (f"parallel-curve multipliers (A_base/A_arm)^(1/α): {ks}."
                                                           if ks else "α differs per arm.")]
     out += ["", "Noise per arm (the source of its bootstrap draws): " + "; ".join(
-        f"{a}: {n['kind']}" + (f" (sd {n['sd']:.4f}, {n['dof']} dof)" if n['kind'] != 'none' else "")
+        f"{a}: {n['kind']}" + (f" (sd {n['sd']:.4f}, {n['dof']} dof)" if n['kind'] != 'none' else
+                               " (one run per width: no replicate seeds)")
         for a, n in res["noise"].items()) + "."]
     return out
 
@@ -199,6 +240,10 @@ def _multipliers(res: dict, pct: str) -> list[str]:
                 tt = f"{t['diff']:+.4f} | – | {t['n']} | – | – | –"
             out.append(f"| {a} | {w} | {fmt(km)} | {fmt(res['k_N_m'][a].get(w, _NA))} | "
                        f"{fmt(res['k_C_m'][a].get(w, _NA))} | {tt} |")
+    shown = [v for a in res["arms"] for name in ("k", "k_N", "k_Nne", "k_C") for v in
+             [res[name][a], *res[f"{name}_m"][a].values()]]
+    if any(_has(v["est"]) and not (_has(v["lo"]) and _has(v["hi"])) for v in shown):
+        out += ["", f"A multiplier shown without an interval has none: {no_interval(res)}."]
     out += ["", "### Measured-point multipliers (no power law)", "",
             "m_eq and C_eq read off the baseline's own measured cells: log x interpolated as a function of loss by a "
             "monotone cubic (PCHIP) through the cells that bracket the arm's loss (baseline made monotone first). "

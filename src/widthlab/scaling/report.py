@@ -22,7 +22,7 @@ from widthlab.scaling.curve import CI, curve_checks
 from widthlab.scaling.fit import fit_loglog, fit_scaling
 from widthlab.scaling.inference import Design, boot_p, bootstrap
 from widthlab.scaling.interp import interpolated_equivalent
-from widthlab.scaling.markdown import interp_line, markdown
+from widthlab.scaling.markdown import fmt, interp_line, markdown
 from widthlab.scaling.runs import (arm_override_keys, check_recipe, flag_limited, load_runs, provenance,
                                    sweep_defaults)
 from widthlab.scaling.seedtests import compare_cell, holm, pooled_delta
@@ -91,10 +91,8 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     fit_runs = [r for r in runs if r["_fit"]]
     widths = {a: sorted({r["d_model"] for r in fit_runs if r["arm"] == a}) for a in arms}
     if len(widths[baseline]) < 3:
-        n_lim = sum(bool(r["_flag"]) for r in runs if r["arm"] == baseline)
-        raise WidthlabError(
-            f"arm {baseline!r} has {len(widths[baseline])} usable widths {widths[baseline]} (< 3 needed for a fit; "
-            f"{n_lim} of its runs flagged data-limited): add widths, lower --min_width, or pass --include_limited true")
+        raise WidthlabError(_too_few_widths([r for r in runs if r["arm"] == baseline], baseline, widths[baseline],
+                                            min_width))
     fit_runs = [r for r in fit_runs if widths[r["arm"]]]
     col = lambda k: np.array([r.get(k, np.nan) if isinstance(r.get(k), (int, float)) else np.nan  # noqa: E731
                               for r in fit_runs], dtype=float)
@@ -169,6 +167,26 @@ def _mark(runs: list[dict], loss: str, min_width, max_gap, max_epochs, max_rise,
                f"d_model < min_width {min_width}" if min_width is not None and r["d_model"] < min_width else
                r["_flag"] if r["_flag"] and not include_limited else "")
         r["_fit"], r["_why"] = not why, why
+
+
+def _too_few_widths(base: list[dict], baseline: str, usable: list, min_width) -> str:
+    """Why the baseline's curve cannot be fitted, with only the ways out that would give it 3 widths."""
+    have = len(usable)
+    text = (f"arm {baseline!r} has {have} usable width{'' if have == 1 else 's'} {usable}; L(m) = A·m^-α + E has "
+            "three parameters, so a fit needs at least 3 widths")
+    left = sorted({(r["d_model"], r["_why"]) for r in base if not r["_fit"]})
+    if left:
+        text += "; left out: " + ", ".join(f"d={w} ({why})" for w, why in left[:4]) + (" ..." if left[4:] else "")
+    ways = []
+    narrow = {r["d_model"] for r in base if r["_why"].startswith("d_model < min_width")} - set(usable)
+    if have + len(narrow) >= 3:
+        ways.append(f"lower --min_width (now {min_width}; it leaves out d={sorted(narrow)})")
+    limited = {r["d_model"] for r in base if r["_flag"] and r["_why"] == r["_flag"]} - set(usable)
+    if have + len(limited) >= 3:
+        ways.append(f"pass --include_limited true (data-limited: d={sorted(limited)})")
+    ways.append(f"train the {baseline!r} arm at {3 - have} more width{'' if 3 - have == 1 else 's'} (in a sweep: "
+                "add to its widths and rerun it; finished runs are kept)")
+    return f"{text}. Fix: {'; or '.join(ways)}"
 
 
 # A matched short sweep is the same recipe trained for fewer steps: only its length and validation cadence differ.
@@ -292,9 +310,11 @@ def _verdicts(d: Design, boot, curve: dict, pooled: dict) -> dict:
         v = res[a]
         if not curve["ok"]:
             reasons = "; ".join(curve["not_identified"] + curve["fails"])
+            interp = boot_interp(boot, d, a)
+            at_cost = (f"; measured-point k_int,C(m): {interp_line(interp, 'C')}"
+                       if any(v_["C"]["kind"] != "nan" for v_ in interp.values()) else "")  # none without FLOPs
             v["text"] = (f"no curve verdict: the baseline's curve does not pass its checks ({reasons}); "
-                         + f"{_pooled_text(pooled[a]) if a in pooled else _NO_POOLED}; "
-                         + f"measured-point k_int,C(m): {interp_line(boot_interp(boot, d, a), 'C')}")
+                         + f"{_pooled_text(pooled[a]) if a in pooled else _NO_POOLED}{at_cost}")
         else:
             v["text"] = (f"{v['N']['word']} the curve at equal params (k_N = {_f(v['N'])}, Holm p = "
                          f"{v['N']['p_holm']:.2g}); {v['C']['word']} it at equal FLOPs (k_C = {_f(v['C'])}, "
@@ -303,7 +323,7 @@ def _verdicts(d: Design, boot, curve: dict, pooled: dict) -> dict:
 
 
 def _f(x: dict) -> str:
-    return f"{x['est']:.3g} [{x['lo']:.3g}, {x['hi']:.3g}]"
+    return fmt(x)  # never nan as a bound
 
 
 def boot_interp(boot, d: Design, a: str) -> dict:
