@@ -82,13 +82,13 @@ def tokenize_source(source: Source, tok, out: str, limits: Limits, sep_id: int |
     t0, done0 = time.time(), sum(s["tokens"] for s in state["stats"].values())
     bar = tqdm(desc="tokenising", unit="B", unit_scale=True, disable=not progress, file=sys.stderr,
                total=sum(s.nbytes or 0 for s in source.streams) or None, dynamic_ncols=True)
-    bar.update(sum(state["stats"][s]["bytes"] for s in SPLITS))
-    for stream in source.streams:
-        rec = state["streams"].setdefault(stream.split, {"docs": 0, "done": False, "taken": {}})
-        if rec["done"]:
-            continue
-        _run_stream(stream, tok, out, limits, sep_id, dtype, state, rec, unigram, bar, t0, done0)
-    bar.close()
+    with bar:
+        bar.update(sum(state["stats"][s]["bytes"] for s in SPLITS))
+        for stream in source.streams:
+            rec = state["streams"].setdefault(stream.split, {"docs": 0, "done": False, "taken": {}})
+            if rec["done"]:
+                continue
+            _run_stream(stream, tok, out, limits, sep_id, dtype, state, rec, unigram, bar, t0, done0)
     state["unigram"] = unigram.tolist()
     return state
 

@@ -137,7 +137,7 @@ def _remember(spec: DataSpec, cache_dir: str, key: str) -> None:
 def build_or_load(source: str = "ptb", vocab_size: int = 4096, tokenizer_path: str | None = None,
                   text_column: str = "text", max_docs: int | None = None, cache_dir: str = "data/cache",
                   verify: bool = False, progress: bool = True, shard_tokens: int = 100_000_000,
-                  **settings) -> str:
+                  batch_bytes: int = 1 << 21, **settings) -> str:
     """Return the directory of a complete cache for these settings (DataSpec's fields), building it if needed."""
     spec = DataSpec(source, vocab_size, tokenizer_path, text_column, max_docs, **settings)
     if spec.source.startswith("tokens:"):
@@ -158,8 +158,14 @@ def build_or_load(source: str = "ptb", vocab_size: int = 4096, tokenizer_path: s
             shutil.rmtree(path)
         work = os.path.join(cache_dir, f".{key}.building")
         os.makedirs(work, exist_ok=True)
-        _build(spec, work, Limits(max_docs, spec.max_train_tokens, spec.holdout_docs, spec.holdout_every,
-                                  shard_tokens), progress)
+        try:
+            _build(spec, work, Limits(max_docs, spec.max_train_tokens, spec.holdout_docs, spec.holdout_every,
+                                      shard_tokens, batch_bytes), progress)
+        except WidthlabError:  # bad input: nothing is left behind (a crash or kill keeps the shards to resume)
+            shutil.rmtree(work, ignore_errors=True)
+            # every builder of these settings fails the same way, so unlinking a lock others may wait on is safe
+            os.remove(path + ".lock")
+            raise
         os.replace(work, path)
     _remember(spec, cache_dir, key)
     return path
@@ -173,16 +179,18 @@ def _tokenizer(spec: DataSpec, source, work: str, progress: bool):
         tok = load_tokenizer(spec.tokenizer_path)
     else:
         from tqdm import tqdm
-        train = next(s for s in source.streams if s.split == "train")
-        bar = tqdm(desc="BPE sample", unit="B", unit_scale=True, file=sys.stderr,
-                   total=min(spec.bpe_sample_bytes, train.nbytes or spec.bpe_sample_bytes),
-                   disable=not progress, dynamic_ncols=True)
-        docs = bpe_sample(train.open(0), spec.bpe_sample_bytes, on_doc=lambda d: bar.update(len(d)))
-        if source.spec == "ptb":  # PTB is 5 MB: one list, exactly as earlier versions trained on it
-            docs = list(docs)
+
+        from widthlab.data.tokenizer import MIN_VOCAB
         special = [spec.doc_separator] if spec.doc_separator else []
-        tok = train_bpe(docs, spec.vocab_size, special_tokens=special, show_progress=progress)
-        bar.close()
+        if spec.vocab_size < MIN_VOCAB + len(special):  # before any text is read
+            train_bpe([], spec.vocab_size, special_tokens=special)
+        train = next(s for s in source.streams if s.split == "train")
+        with tqdm(desc="BPE sample", unit="B", unit_scale=True, file=sys.stderr, disable=not progress,
+                  total=min(spec.bpe_sample_bytes, train.nbytes or spec.bpe_sample_bytes), dynamic_ncols=True) as bar:
+            docs = bpe_sample(train.open(0), spec.bpe_sample_bytes, on_doc=lambda d: bar.update(len(d)))
+            if source.spec == "ptb":  # PTB is 5 MB: one list, exactly as earlier versions trained on it
+                docs = list(docs)
+            tok = train_bpe(docs, spec.vocab_size, special_tokens=special, show_progress=progress)
     separator_id(tok, spec.doc_separator)  # a separator the tokenizer lacks is an error before any tokenising
     tok.save(fn + ".tmp")
     os.replace(fn + ".tmp", fn)
