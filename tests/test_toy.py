@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from widthlab import WidthlabError
 from widthlab.cli import main
 from widthlab.interventions.signed_decay import SignedRowDecay, signed_row_decay_
-from widthlab.toy import (fit_alpha_m, fit_mask, forward_dense, forward_sparse, loss_and_grad_sparse, mean_cos2,
+from widthlab.toy.model import (fit_alpha_m, fit_mask, forward_dense, forward_sparse, loss_and_grad_sparse, mean_cos2,
                           row_norm_fractions, toy, train_one)
-from widthlab.toy_data import densify, frequencies, lr_at, sample_dense, sample_sparse
-from widthlab.toy_results import TABLE_FIELDS, record, upsert
+from widthlab.toy.data import densify, frequencies, lr_at, sample_dense, sample_sparse
+from widthlab.toy.results import TABLE_FIELDS, record, upsert
 
 
 # ---------------------------------------------------------------------------------------------------- Eq. 2

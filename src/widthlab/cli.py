@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import re
 import shlex
 import sys
 
 from widthlab import WidthlabError
+from widthlab.errors import one_line_parse_error
 
 LIGHTNING_COMMANDS = ["fit", "validate", "test"]
 # The command line this process was started with, as a user would retype it; sweep.json and report.md record it so
@@ -25,7 +25,7 @@ SUBCOMMANDS = {
     "sweep": "widthlab.sweep:sweep",
     "compare": "widthlab.scaling.report:compare",
     "analyze": "widthlab.analyze:analyze",
-    "toy": "widthlab.toy:toy",
+    "toy": "widthlab.toy.model:toy",
     "coord-check": "widthlab.coord_check:coord_check",
     "prepare": "widthlab.data.prepare:prepare",
 }
@@ -58,29 +58,6 @@ def run_function(name: str, args: list[str]):
         parser = capture_parser(lambda: auto_cli(func, args=[]))
         options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
         raise WidthlabError(one_line_parse_error(str(e), options, name)) from None
-
-
-# jsonargparse's framing of a Union error (Optional[list[Intervention]]): the alternatives that were tried
-_NOISE = ("Expected a path but", "Does not validate against any of", "Subtypes:", "Errors:",
-          "Expected a <class 'NoneType'>", "Given value type:")
-# how jsonargparse names an unknown key: on the command line, in a --config file, in a typed function's config
-_UNKNOWN = [r"unrecognized arguments: (--[\w.\-+]+)", r"does not accept (?:option|nested key) '([\w.\-]+)'",
-            r"Option '([\w.\-]+)' is not accepted"]
-
-
-def one_line_parse_error(message: str, options: list[str], command: str = "") -> str:
-    """jsonargparse's error (often several lines) as one line, with a guess for a mistyped option."""
-    lines = [line.strip(" -") for line in message.splitlines()]
-    text = " ".join(" ".join(line for line in lines if line and not line.startswith(_NOISE)).split())
-    for pattern in _UNKNOWN:
-        found = re.search(pattern, text)
-        close = difflib.get_close_matches("--" + found.group(1).lstrip("-"), options, n=1, cutoff=0.75) if found else []
-        if close:
-            text += f"; did you mean {close[0]}?"
-            break
-    if len(text) > 400:
-        text = text[:397] + "..."
-    return f"{text} (the options: python -m train {command + ' ' if command else ''}--help)"
 
 
 def check_command(argv: list[str]) -> None:

@@ -28,8 +28,8 @@ from widthlab.callbacks.overlap import OverlapMonitor
 from widthlab.callbacks.perf import PerfMonitor
 from widthlab.callbacks.run_info import RunRecorder
 from widthlab.callbacks.summary import FitSummary
-from widthlab.cli import one_line_parse_error
 from widthlab.data import TokenDataModule
+from widthlab.errors import one_line_parse_error
 from widthlab.module import LitGPT
 
 

@@ -1,6 +1,6 @@
 """`python -m train toy`: the toy model of superposition of Liu, Liu & Gore (2025), arXiv 2505.10465.
 
-    y = ReLU(W Wᵀ x + b),   W: (n, m), b: (n,),   x_i = Bernoulli(p_i)·U(0, 2)   (data: toy_data.py)
+    y = ReLU(W Wᵀ x + b),   W: (n, m), b: (n,),   x_i = Bernoulli(p_i)·U(0, 2)   (data: data.py)
 
 n features are squeezed into m < n dimensions; the signed row decay γ (Eq. 2, interventions/signed_decay.py)
 sets the regime: γ > 0 keeps ≈ m rows alive (weak superposition, loss = the dropped features' frequency mass),
@@ -11,7 +11,7 @@ L ∝ m^(−α_m) per (γ, distribution).
 
 The input is sampled sparsely (≈ B·E active entries, not B·n random numbers) and h = Wᵀx is a gather of W's rows;
 the output y and the loss still cover all n features exactly. What a run writes (config.json, results, fits, the
-φ½/φ₁ trajectory, and the cross-run table docs/results/toy/fits.csv) is described in toy_results.py.
+φ½/φ₁ trajectory, and the cross-run table docs/results/toy/fits.csv) is described in results.py.
 """
 from __future__ import annotations
 
@@ -23,13 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from widthlab import WidthlabError
+from widthlab import WidthlabError, geometry
 from widthlab.interventions.signed_decay import signed_row_decay_
-from widthlab.toy_data import DISTRIBUTIONS, densify, frequencies, ideal_weak_loss, lr_at, sample_sparse
-from widthlab.toy_results import git_commit, now, record, write_config, write_run
-
-from widthlab import geometry
 from widthlab.scaling.fit import fit_loglog
+from widthlab.toy.data import DISTRIBUTIONS, densify, frequencies, ideal_weak_loss, lr_at, sample_sparse
+from widthlab.toy.results import git_commit, now, record, write_config, write_run
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -240,7 +238,7 @@ def toy(n: int = 1000, m: list[int] = [10, 15, 25, 39, 63, 100], gammas: list[fl
         name: run name; TensorBoard events and results go to out_dir/name.
         out_dir: root of toy runs.
         fits_table: also put every fitted curve into this cross-run CSV (e.g. docs/results/toy/fits.csv), replacing
-            this run's earlier rows there; `python -m widthlab.toy_results RUN_DIR` does the same afterwards.
+            this run's earlier rows there; `python -m widthlab.toy.results RUN_DIR` does the same afterwards.
         device: torch device (cpu or cuda).
         threads: torch CPU threads (1 on the shared 2-core box).
         log_every: steps between loss logs.

@@ -12,7 +12,7 @@ settings that make rows comparable (n, dist, α, γ, steps, warm-up, batch, lr) 
 = the run directory, commit, date). `record` rebuilds it: the rows of a run replace that run's earlier rows, rows
 of other sources (including hand-entered ones from before this table existed) stay.
 
-    python -m widthlab.toy_results runs/toy/toy_paper_g-0.78 [--table docs/results/toy/fits.csv]
+    python -m widthlab.toy.results runs/toy/toy_paper_g-0.78 [--table docs/results/toy/fits.csv]
 """
 from __future__ import annotations
 
