@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,14 +123,11 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
         train_full = cap is not None and stats["train"]["tokens"] + pending["train"]["tokens"] >= cap
         return train_full and (route is None or all(v >= route.docs for v in route.taken.values()))
 
-    docs = stream.open(index)
-    for batch in _batches(docs, limits.batch_bytes):
-        if limits.max_docs is not None:
-            batch = batch[: max(0, limits.max_docs - index)]
-        encs = tok.encode_batch_fast(batch)
+    def add(batch: list[str], encs) -> bool:
+        """Route, append and count one tokenised batch; True when the stream has given all it should."""
+        nonlocal index
         by_split: dict[str, list] = {s: [] for s in SPLITS}
-        for i, (d, e) in enumerate(zip(batch, encs)):
-            split = route.route(index + i) if route else stream.split
+        for split, d, e in zip(route.route(index, len(batch)) if route else [stream.split] * len(batch), batch, encs):
             by_split[split].append((d, e.ids))
         index += len(batch)
         for split, items in by_split.items():
@@ -139,24 +137,46 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
             if sep is not None:
                 parts = [p for ids in parts for p in (ids, sep)]
             arr = np.concatenate(parts)
-            text = [d for d, _ in items]
             if split == "train" and cap is not None:  # the first `cap` tokens of the stream, exactly
                 room = cap - stats["train"]["tokens"] - pending["train"]["tokens"]
                 if room <= 0:
                     continue
                 arr = arr[:room]
             writers[split].write(arr)
-            st = text_stats(text)
+            st = text_stats([d for d, _ in items])
             for k in ("bytes", "words", "docs"):
                 pending[split][k] += st[k]
             pending[split]["tokens"] += arr.size
             if split == "train":
-                pending_unigram += np.bincount(arr, minlength=len(unigram))[: len(unigram)]
+                pending_unigram[:] += np.bincount(arr, minlength=len(unigram))[: len(unigram)]
         bar.update(sum(map(len, batch)))  # characters: the bar's unit, ≈ bytes
         n = sum(s["tokens"] for s in stats.values()) + sum(p["tokens"] for p in pending.values()) - done0
         bar.set_postfix_str(f"{n / 1e6:.1f}M tokens, {n / max(time.time() - t0, 1e-9) / 1e6:.2f}M tok/s", refresh=False)
         if writers["train"].size >= limits.shard_tokens:
             checkpoint(False)
-        if full() or (limits.max_docs is not None and index >= limits.max_docs):
-            break
+        return full() or (limits.max_docs is not None and index >= limits.max_docs)
+
+    # Two-stage pipeline: `tokenizers` encodes batch k+1 on its thread pool (it releases the GIL) while this
+    # thread routes, writes and counts batch k, so the cores are not idle during the Python part.
+    batches = _batches(stream.open(index), limits.batch_bytes)
+    if limits.max_docs is not None:
+        batches = _first_docs(batches, limits.max_docs - index)
+    with ThreadPoolExecutor(1) as pool:
+        prev = None
+        for batch in batches:
+            job = (batch, pool.submit(tok.encode_batch_fast, batch))
+            if prev is not None and add(prev[0], prev[1].result()):
+                prev = None
+                break
+            prev = job
+        if prev is not None:
+            add(prev[0], prev[1].result())
     checkpoint(True)
+
+
+def _first_docs(batches, n: int):
+    for b in batches:
+        if n <= 0:
+            return
+        yield b[:n]
+        n -= len(b)

@@ -57,13 +57,20 @@ class Holdout:
     def __post_init__(self):
         self.taken = {s: 0 for s in self.splits}
 
-    def route(self, index: int) -> str:
-        open_ = [s for s in self.splits if self.taken[s] < self.docs]
-        if open_ and int(splitmix64(np.array([index], dtype=np.uint64))[0]) % self.every == 0:
+    def route(self, start: int, n: int = 1) -> list[str]:
+        """The splits of documents start … start+n-1 (hashed as one vector: millions of short documents)."""
+        out = ["train"] * n
+        if all(self.taken[s] >= self.docs for s in self.splits):
+            return out
+        h = splitmix64(np.arange(start, start + n, dtype=np.uint64)) % np.uint64(self.every)
+        for i in np.flatnonzero(h == 0):
+            open_ = [s for s in self.splits if self.taken[s] < self.docs]
+            if not open_:
+                break
             s = min(open_, key=lambda k: (self.taken[k], self.splits.index(k)))
             self.taken[s] += 1
-            return s
-        return "train"
+            out[i] = s
+        return out
 
 
 def _lines_of(text: str) -> list[str]:
@@ -194,7 +201,7 @@ def split_docs(source: Source, holdout_docs: int = 1000, holdout_every: int = 20
         for i, doc in enumerate(st.open(0)):
             if max_docs is not None and i >= max_docs:
                 break
-            yield (route.route(i) if route else st.split), doc
+            yield (route.route(i)[0] if route else st.split), doc
 
 
 def load_corpus(source: str, text_column: str = "text", max_docs: int | None = None) -> dict[str, list[str]]:
