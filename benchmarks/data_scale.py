@@ -130,6 +130,7 @@ def measure(pattern: str, work: str, reference: bool, from_scratch: bool) -> dic
     first = run_measured(fit + ["--trainer.default_root_dir", os.path.join(runs, "first")])
     row = {"gb": nbytes / 1e9, "tokens": tokens, "ours_wall_s": ours["wall_s"], "ours_build_s": meta["build_seconds"],
            "ours_tok_s": tokens / meta["build_seconds"], "ours_peak_mb": ours["peak_pss_mb"],
+           "ours_bpe_s": meta["tokenizer_seconds"],
            "first_step_s": first["wall_s"], "first_step_peak_mb": first["peak_pss_mb"]}
     if from_scratch:
         row.update(scratch_wall_s=scratch["wall_s"], scratch_peak_mb=scratch["peak_pss_mb"])
@@ -171,7 +172,7 @@ def main() -> None:
                f"**{r['ratio']:.2f}**") if "ratio" in r else "– | – | –"
         scratch = (f"{r['scratch_wall_s']:.0f} s ({r['scratch_peak_mb'] / 1e3:.2f} GB)" if "scratch_wall_s" in r
                    else "–")
-        print(f"| {r['gb']:.2f} GB | {r['tokens'] / 1e6:.0f}M | {r['ours_build_s']:.0f} s "
+        print(f"| {r['gb']:.2f} GB | {r['tokens'] / 1e6:.0f}M | {r['ours_build_s']:.0f} s, BPE {r['ours_bpe_s']:.0f} s "
               f"({r['ours_tok_s'] / 1e6:.2f}M) | **{r['ours_peak_mb'] / 1e3:.2f} GB** | {r['first_step_s']:.1f} s "
               f"({r['first_step_peak_mb'] / 1e3:.2f} GB) | {ref} | {scratch} |", flush=True)
     if args.json:

@@ -128,3 +128,18 @@ def test_dataloader_workers_read_the_same_batches(tmp_path, cache_dir):
         it = iter(dm.train_dataloader())
         return [next(it)[0] for _ in range(4)]
     assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(2)))
+
+
+def test_fit_on_pretokenised_shards_with_a_vocabulary_that_needs_padding(tmp_path):
+    """tokens: with vocab 1000 (padded to 1024 in the model): the fit trains and reports loss, but no bpb or word
+    perplexity, since the shards do not say how much text they came from."""
+    from helpers import tiny_args
+    d = tmp_path / "toks"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [("train.bin", 60_000), ("val.bin", 4_000), ("test.bin", 4_000)]:
+        rng.integers(0, 1000, n, dtype=np.uint16).tofile(d / name)
+    (d / "tokens.json").write_text(json.dumps({"vocab_size": 1000, "dtype": "uint16"}))
+    main(tiny_args(tmp_path / "run", tmp_path / "cache", 4, ["--data.source", f"tokens:{d}"]))
+    m = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert m["status"] == "ok" and m["val_loss"] > 0 and m.get("val_bpb") is None

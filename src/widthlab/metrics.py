@@ -34,7 +34,12 @@ class TokenNLL(Metric):
                 "count": self.count}
 
 
-def derived(loss: float, bytes_per_token: float, words_per_token: float) -> dict[str, float]:
-    """Bits per byte and per-word perplexity from nats/token and the split's bytes/words per token."""
-    return {"bpb": loss / math.log(2) / bytes_per_token,
-            "word_ppl": math.exp(min(loss / words_per_token, 700.0))}
+def derived(loss: float, bytes_per_token: float | None, words_per_token: float | None) -> dict[str, float]:
+    """Bits per byte and per-word perplexity from nats/token and the split's bytes/words per token (either is
+    None for pre-tokenised shards that do not say how much text they came from: then it is not reported)."""
+    out = {}
+    if bytes_per_token:
+        out["bpb"] = loss / math.log(2) / bytes_per_token
+    if words_per_token:
+        out["word_ppl"] = math.exp(min(loss / words_per_token, 700.0))
+    return out

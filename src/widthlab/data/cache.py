@@ -201,6 +201,7 @@ def _build(spec: DataSpec, work: str, limits: Limits, progress: bool) -> None:
     t0 = time.time()
     source = open_source(spec.source, spec.text_column, spec.holdout_docs, spec.holdout_every)
     tok = _tokenizer(spec, source, work, progress)
+    t_tok = time.time()
     state = tokenize_source(source, tok, work, limits, separator_id(tok, spec.doc_separator), progress)
     splits = {}
     for s in SPLITS:
@@ -212,7 +213,7 @@ def _build(spec: DataSpec, work: str, limits: Limits, progress: bool) -> None:
     meta = {"version": FORMAT_VERSION, "source": spec.source, "fingerprint": source.fingerprint,
             "spec": asdict(spec), "vocab_size": tok.get_vocab_size(), "dtype": _dtype_name(tok.get_vocab_size()),
             "splits": splits, "unigram_counts": state["unigram"], "notes": source.notes,
-            "build_seconds": round(time.time() - t0, 1)}
+            "build_seconds": round(time.time() - t0, 1), "tokenizer_seconds": round(t_tok - t0, 1)}
     with open(os.path.join(work, "meta.json"), "w") as f:
         json.dump(meta, f)
     os.remove(os.path.join(work, "state.json"))

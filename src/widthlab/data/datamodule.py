@@ -45,6 +45,11 @@ class TokenDataModule(L.LightningDataModule):
         if seq_len <= 0 or batch_size <= 0 or eval_batch_size <= 0:
             raise WidthlabError("data.seq_len, data.batch_size and data.eval_batch_size must be positive")
         self.save_hyperparameters()
+        # Lightning merges the module's and datamodule's hparams for the logger and refuses a key with two values:
+        # data.vocab_size is the tokenizer's size, model.vocab_size the padded one (1000 → 1024, GPT-2's 50257 →
+        # 50304), so they differ for every vocabulary that is not a multiple of pad_vocab_to. The data settings are
+        # in the run's config.yaml and in TensorBoard's HPARAMS table (tb_views), so only the module's are logged here.
+        self._log_hyperparams = False
         self.source, self.seq_len, self.batch_size, self.seed = source, seq_len, batch_size, seed
         self._path: str | None = None
         self._meta: dict | None = None
