@@ -370,3 +370,92 @@ def test_an_arm_with_one_run_still_reports(tmp_path):
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
     res = compare(str(tmp_path / "r.csv"), n_boot=20, out=str(tmp_path / "out"))
     assert (tmp_path / "out" / "multiplier_measured.png").is_file() and "packed" in res["verdict"]
+
+
+# --- token budgets that follow the width (widthlab.plan.Budget; sweep.json's budget) -----------------------------
+import math  # noqa: E402 (appended section)
+
+
+def _budget_sweep(root, rule, steps_of, arms_by_rule=("baseline", "packed"), loss_of=power_law, alter=None):
+    """A synthetic sweep whose runs' config.yaml hold the steps a budget rule gave each width, and whose sweep.json
+    records the rule and each arm/width's settings (as widthlab.sweep writes them)."""
+    import yaml
+    make_sweep(root, loss_of=loss_of, alter=alter)
+    points = {}
+    for arm in ("baseline", "packed"):
+        for w in WIDTHS:
+            n = steps_of(w)
+            if arm in arms_by_rule:
+                points[f"{arm}/d{w}"] = {"trainer.max_steps": n, "model.warmup_steps": max(1, round(0.05 * n)),
+                                         "tokens": n * 2048, "tokens_per_param": n * 2048 / (24 * w * w)}
+            for s in SEEDS:
+                cfg = {"trainer": {"max_steps": n if arm in arms_by_rule else 1000, "val_check_interval": 50},
+                       "model": {"d_model": w, "n_layer": 2, "lr": 0.01,
+                                 "warmup_steps": max(1, round(0.05 * n)) if arm in arms_by_rule else 50},
+                       "data": {"source": "ptb", "vocab_size": 4096, "seq_len": 64, "batch_size": 32}}
+                (root / arm / f"d{w}" / f"s{s}" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (root / "sweep.json").write_text(json.dumps({"name": root.name, "budget": {"rule": rule, "points": points}}))
+    return root
+
+
+RULE = {"tokens_per_param": 20, "params": "non_embedding", "warmup_frac": 0.05}
+
+
+def test_budget_sweep_compares_across_lengths_and_states_the_rule(tmp_path):
+    """Widths trained for different steps by the rule compare (the fit is the plain one) and the report states the
+    rule and each point's tokens and tokens/param; the same runs without the rule's record are refused as today."""
+    steps = lambda w: math.ceil(20 * 24 * w * w / 2048)  # noqa: E731
+    sweep = _budget_sweep(tmp_path / "sweep", RULE, steps)
+    res = compare(str(sweep), n_boot=10, out=str(tmp_path / "out"))
+    assert abs(res["curve"]["alpha"]["est"] - 0.9) < 0.1
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "token budget: 20 tokens per non-embedding parameter, warm-up 0.05 of the steps" in md
+    n = steps(128)
+    assert f"baseline d=128 {n * 2048 / 1e6:.3g}M ({n * 2048 / (24 * 128 * 128):.3g})" in md
+    (sweep / "sweep.json").write_text(json.dumps({"name": "sweep"}))  # no record of the rule: a real mismatch
+    with pytest.raises(WidthlabError, match=r"runs of arm 'baseline' differ in model\.warmup_steps"):
+        compare(str(sweep), n_boot=10)
+
+
+def test_budget_does_not_excuse_real_mismatches(tmp_path):
+    steps = lambda w: 10 * w  # noqa: E731
+    # an arm trained at a fixed length beside a baseline trained by the rule
+    mixed = _budget_sweep(tmp_path / "mixed", RULE, steps, arms_by_rule=("baseline",))
+    with pytest.raises(WidthlabError, match=r"runs differ in (model\.warmup_steps|trainer\.max_steps): 'budget .*"
+                                            r"\(baseline d=32 s0 .*\) vs (50|320) \(packed d=32 s0"):
+        compare(str(mixed), n_boot=10)
+    # a run whose steps are not what the rule recorded for its width
+    bad = _budget_sweep(tmp_path / "bad", RULE, steps)
+    cfg = bad / "packed" / "d64" / "s1" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("max_steps: 640", "max_steps: 600"))
+    with pytest.raises(WidthlabError, match=r"packed d=64 s1 .* was trained with trainer\.max_steps=600, but its "
+                                            r"sweep's budget .* gives 640"):
+        compare(str(bad), n_boot=10)
+
+
+def test_a_short_sweep_by_a_smaller_budget_is_matched(tmp_path):
+    """The matched short sweep of a budget sweep is the same rule at fewer tokens per parameter: only its length
+    differs, so the convergence check runs; a short sweep with another warm-up rule is refused."""
+    def hist(row, w, arm):
+        row["steps"], row["val_history"] = 1000, [[600, row["val_loss"] + 0.1], [1000, row["val_loss"]]]
+
+    def alter(row, w, arm):
+        row["steps"], row["val_history"] = 600, [[600, row["val_loss"]]]
+
+    full = _budget_sweep(tmp_path / "full", RULE, lambda w: 20 * w, alter=hist)
+    short = _budget_sweep(tmp_path / "short", {**RULE, "tokens_per_param": 12}, lambda w: 12 * w,
+                          loss_of=lambda a, w: power_law(a, w) + 0.05, alter=alter)
+    assert compare(str(full), n_boot=10, short_sweep=str(short))["curve"]["convergence"]["outcome"] == "converged"
+    other = _budget_sweep(tmp_path / "other", {**RULE, "tokens_per_param": 12, "warmup_frac": 0.1}, lambda w: 12 * w,
+                          alter=alter)
+    for cfg in other.glob("*/d*/s*/config.yaml"):  # the warm-up its own rule gives
+        cfg.write_text(cfg.read_text().replace(f"warmup_steps: {max(1, round(0.05 * 12 * int(cfg.parts[-3][1:])))}",
+                                               f"warmup_steps: {max(1, round(0.1 * 12 * int(cfg.parts[-3][1:])))}"))
+    spec = json.loads((other / "sweep.json").read_text())
+    for k, v in spec["budget"]["points"].items():
+        v["model.warmup_steps"] = max(1, round(0.1 * v["trainer.max_steps"]))
+    (other / "sweep.json").write_text(json.dumps(spec))
+    with pytest.raises(WidthlabError, match=r"short sweep .*other: runs (of arm 'baseline' )?differ in "
+                                            r"model\.warmup_steps: "
+                                            r"'budget \{\"warmup_frac\": 0\.05\}'"):
+        compare(str(full), n_boot=10, short_sweep=str(other))

@@ -2,10 +2,12 @@
 rejected before any run directory exists, `compare` on the result, and an archive that outlives the sweep dir."""
 import csv
 import json
+import math
 import os
 import shutil
 
 import pytest
+import yaml
 
 from widthlab import WidthlabError
 from widthlab.archive import run_settings, settings_differ
@@ -256,3 +258,70 @@ def test_validated_configs_stay_what_config_yaml_holds(cache_dir, tmp_path):
     cfg = validate(points)["zloss"]
     assert run_settings(cfg)["model.interventions.0.class_path"] == "widthlab.interventions.logits.ZLoss"
     assert run_settings(cfg)["model.interventions.0.init_args.coef"] == 1e-3
+
+
+def _nonembed(w: int, n_layer: int = 1, vocab: int = 512) -> int:
+    """Non-embedding params of a real baseline GPT: every parameter but the token and position tables."""
+    from widthlab.model import GPT, ModelConfig
+    gpt = GPT(ModelConfig(vocab_size=vocab, d_model=w, n_layer=n_layer, head_dim=32, seq_len=32))
+    return sum(p.numel() for p in gpt.parameters()) - gpt.embed.weight.numel() - gpt.pos.weight.numel()
+
+
+def test_budget_sets_each_widths_steps_and_compare_accepts_only_the_rule(env, tmp_path, cache_dir, capsys):
+    """A 3-width sweep under `budget: {tokens_per_param: 0.05}`: each run trains ceil(0.05·N/(B·T)) steps (N from a
+    real model), warm-up and validation cadence follow; sweep.json records the rule and each point; compare fits
+    runs of different lengths and states the rule, and refuses a run whose length is not the rule's."""
+    from widthlab.plan import Budget
+    ov = {k: v for k, v in tiny(cache_dir).items() if k not in ("trainer.max_steps", "trainer.val_check_interval",
+                                                                 "model.warmup_steps")}
+    budget = Budget(tokens_per_param=0.05, warmup_frac=0.25, val_checks=2)
+    path = sweep(recipe="recipes/smoke.yaml", widths=[32, 64, 96], name="bud", out_dir=str(tmp_path), overrides=ov,
+                 budget=budget)
+    root = tmp_path / "bud"
+    want = {w: math.ceil(0.05 * _nonembed(w) / (4 * 32)) for w in (32, 64, 96)}
+    assert want == {32: 12, 64: 33, 96: 63}  # the hand count of tests/test_plan.py's formula, at 1 layer
+    got = {int(r["d_model"]): int(r["steps"]) for r in rows(path)}
+    assert got == want
+    spec = json.loads((root / "sweep.json").read_text())
+    assert spec["budget"]["rule"] == {"tokens_per_param": 0.05, "params": "non_embedding", "warmup_frac": 0.25,
+                                      "val_checks": 2}
+    for w, n in want.items():
+        point = spec["budget"]["points"][f"baseline/d{w}"]
+        assert point == {"trainer.max_steps": n, "model.warmup_steps": round(0.25 * n),
+                         "trainer.val_check_interval": n // 2, "tokens": n * 128,
+                         "tokens_per_param": n * 128 / _nonembed(w)}
+        cfg = yaml.safe_load((root / "baseline" / f"d{w}" / "s0" / "config.yaml").read_text())
+        assert (cfg["trainer"]["max_steps"], cfg["model"]["warmup_steps"]) == (n, round(0.25 * n))
+    res = compare(str(root), include_limited=True, n_boot=20, out=str(tmp_path / "report"))
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "token budget: 0.05 tokens per non-embedding parameter, warm-up 0.25 of the steps, 2 validations a run" in md
+    assert "baseline d=64 4.22k (0.0513)" in md  # 33 steps × 128 tokens over 82304 params
+    assert res["provenance"]["sweeps"][0]["budget"]["rule"]["tokens_per_param"] == 0.05
+    # A run retrained with another length is a real mismatch.
+    cfg_path = root / "baseline" / "d64" / "s0" / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("max_steps: 33", "max_steps: 40"))
+    with pytest.raises(WidthlabError, match=r"baseline d=64 s0 .* was trained with trainer\.max_steps=40, but its "
+                                            r"sweep's budget \(0\.05 tokens per non-embedding parameter.*\) gives 33"):
+        compare(str(root), include_limited=True, n_boot=20, out=str(tmp_path / "report"))
+
+
+def test_more_runs_than_gpus_is_refused_unless_shared(tmp_path, monkeypatch):
+    """devices > GPUs on a CUDA machine: one line, unless share_gpu; then runs share GPUs round-robin."""
+    import torch
+
+    from widthlab.launchers import slot_env
+    kw = dict(recipe="recipes/smoke.yaml", widths=[32], name="gpu", out_dir=str(tmp_path), dry_run=True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(WidthlabError, match=r"devices: 2 runs at once, but this machine has 1 GPU\(s\); set devices: "
+                                            r"1, or share_gpu: true"):
+        sweep(devices=2, **kw)
+    sweep(devices=2, share_gpu=True, **kw)  # accepted
+    sweep(devices=1, **kw)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    sweep(devices=2, **kw)  # CPU-only: parallel CPU runs, as before
+    # the environment of each parallel slot
+    assert [slot_env(s, 1, 3, cpus=12) for s in range(3)] == [{"CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": "4"}] * 3
+    assert [slot_env(s, 2, 4, cpus=16)["CUDA_VISIBLE_DEVICES"] for s in range(4)] == ["0", "1", "0", "1"]
+    assert slot_env(1, 2, 2, cpus=16) == {"CUDA_VISIBLE_DEVICES": "1"}  # one run per GPU: all the cores
+    assert slot_env(0, 1, 1) == {} and slot_env(1, 0, 2, cpus=2) == {"OMP_NUM_THREADS": "1"}
+    assert not (tmp_path / "gpu").exists()

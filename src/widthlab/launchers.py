@@ -17,6 +17,7 @@ submitit is imported only here, and only when a submitit launcher is used (pip i
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -46,6 +47,11 @@ class ClusterOptions:
         mem_gb: memory per point in GB (sbatch --mem); null: the partition's default
         time_min: time limit per job in minutes (sbatch --time; also the submitit-local limit). A point that needs
             longer is stopped near the limit and requeued, resuming from its last checkpoint
+        time_from_plan: each job's limit from its point's planned hours instead (the sweep's plan:), × time_margin,
+            at least time_floor_min and at most time_max_min; one SLURM array per distinct limit
+        time_margin: planned hours × this (the plan's MFU is a guess; validation and start-up are not in it)
+        time_floor_min: the shortest limit time_from_plan asks for (start-up, data loading, compile)
+        time_max_min: the longest (the partition's limit); a point planned longer is requeued from last.ckpt
         max_requeues: how many time-outs a point may be requeued after (pre-emptions are always requeued)
         signal_delay_s: seconds before the limit at which the job is signalled to stop and requeue
         array_parallelism: at most this many points of the sweep's job array run at once (the array's %N)
@@ -60,11 +66,36 @@ class ClusterOptions:
     cpus_per_run: int = 8
     mem_gb: float | None = None
     time_min: int = 240
+    time_from_plan: bool = False
+    time_margin: float = 1.5
+    time_floor_min: int = 15
+    time_max_min: int | None = None
     max_requeues: int = 3
     signal_delay_s: int = 120
     array_parallelism: int = 64
     setup: list[str] = field(default_factory=list)
     additional: dict[str, Any] = field(default_factory=dict)
+
+
+def job_minutes(hours: float | None, o: ClusterOptions) -> int:
+    """A job's time limit: time_min, or with time_from_plan ceil(planned hours × 60 × margin) within
+    [time_floor_min, time_max_min]."""
+    if not o.time_from_plan or hours is None:
+        return o.time_min
+    m = max(o.time_floor_min, math.ceil(hours * 60 * o.time_margin))
+    return m if o.time_max_min is None else min(m, o.time_max_min)
+
+
+def slot_env(slot: int, n_gpu: int, n_dev: int, cpus: int | None = None) -> dict[str, str]:
+    """The environment of the runs in parallel slot `slot` of `n_dev`: its GPU, round-robin (with share_gpu, several
+    slots share one), and, where runs outnumber the GPUs (a CPU-only machine, or shared GPUs), its share of the CPU
+    cores, so parallel runs do not each spin up all of them."""
+    env = {}
+    if n_gpu > 1 or (n_gpu == 1 and n_dev > 1):
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpu)
+    if n_dev > max(1, n_gpu):
+        env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // n_dev))
+    return env
 
 
 def start_fit(run_dir: str, args: list[str], env: dict[str, str] | None = None,
@@ -259,9 +290,13 @@ def run_jobs(todo: list, *, root: str, engine: str, options: ClusterOptions, wai
 
     def submit(points: list, slot: int | None = None) -> None:
         env = env_for(slot) if slot is not None else {}
+        minutes = job_minutes(getattr(points[0], "hours", None), options)  # one limit per call (per array)
+        ex.update_parameters(**{"time" if engine == "slurm" else "timeout_min": minutes})
         if engine == "slurm":
             with ex.batch():  # one array: one sbatch call, one line in squeue
                 jobs = [ex.submit(FitJob(p.run_dir, p.args, cwd, env, grace)) for p in points]
+            print(f"submitted a SLURM array of {len(jobs)} job(s), {options.array_parallelism} at most at once, "
+                  f"{minutes} min each (squeue --me); job logs in {folder}", flush=True)
         else:
             jobs = [ex.submit(FitJob(p.run_dir, p.args, cwd, env, grace)) for p in points]
         for p, job in zip(points, jobs):
@@ -272,10 +307,13 @@ def run_jobs(todo: list, *, root: str, engine: str, options: ClusterOptions, wai
 
     cap = len(fresh) if engine == "slurm" or not wait else max(1, parallel)
     if engine == "slurm" and fresh:
-        submit(fresh)
+        # A SLURM array has one time limit: one array per distinct limit (per width, when it comes from the plan).
+        groups: dict[int, list] = {}
+        for p in fresh:
+            groups.setdefault(job_minutes(getattr(p, "hours", None), options), []).append(p)
+        for group in groups.values():
+            submit(group)
         fresh = []
-        print(f"submitted a SLURM array of {len(live)} job(s), {options.array_parallelism} at most at once "
-              f"(squeue --me); job logs in {folder}", flush=True)
     try:
         while fresh or (wait and live):
             busy = {s for *_, s in live.values() if s is not None}

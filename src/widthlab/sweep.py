@@ -20,10 +20,8 @@ their commands, the resume and the results collection are the same as here.
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import glob
-import io
 import itertools
 import json
 import os
@@ -41,7 +39,8 @@ from widthlab import WidthlabError, cli
 from widthlab.tb_views import write_sweep_layout
 from widthlab.archive import archive_dir, check_archive, copy_run, read_metrics, restore_from_results
 from widthlab.callbacks.run_info import write_json_atomic
-from widthlab.launchers import ClusterOptions, check_engine, run_jobs, start_fit
+from widthlab.launchers import ClusterOptions, check_engine, job_minutes, run_jobs, slot_env, start_fit
+from widthlab.plan import Budget, PlanOptions, describe_rule, plan_rows, resolve, table, with_overrides
 
 
 @dataclass
@@ -51,6 +50,7 @@ class Point:
     seed: int
     run_dir: str
     args: list[str]
+    hours: float | None = None  # planned training hours (widthlab.plan), when the sweep has a plan:
 
 
 def _flag(key: str, value: Any) -> list[str]:
@@ -108,58 +108,13 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
     return points
 
 
+_make_points = plan  # sweep()'s own `plan` argument (the cost options) hides this name inside it
+
+
 def validate(points: list[Point]) -> dict[str, dict]:
-    """Before any training: parse each arm's first point with --print_config (an unknown key or a bad value fails),
-    then build its model at every width, so an intervention's own checks (a nonsensical value, a head swap on a tied
-    model, a matrix that does not exist) fail here too, not minutes into the sweep.
-    Returns {arm: the resolved config of its first point} (what config.yaml of its runs will hold)."""
-    from widthlab.cli import _widthlab_cause
-    from widthlab.lightning_cli import run_lightning_cli
-
-    widths: dict[str, list[int]] = {}
-    configs: dict[str, dict] = {}
-    for p in points:
-        widths.setdefault(p.arm, []).append(p.width)
-    for p in points:
-        if p.arm not in widths:
-            continue
-        err, out = io.StringIO(), io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                run_lightning_cli(p.args + ["--print_config"])
-        except SystemExit as e:
-            if e.code:
-                msg = [l for l in err.getvalue().splitlines() if "error" in l.lower()] or ["invalid override"]
-                raise WidthlabError(f"arm '{p.arm}': {msg[-1].strip()}") from None
-        except Exception as e:
-            cause = _widthlab_cause(e)
-            if cause is None:
-                raise
-            raise WidthlabError(f"arm '{p.arm}': {cause}") from None
-        configs[p.arm] = yaml.safe_load(out.getvalue()) or {}
-        _build_models(p.arm, configs[p.arm], widths.pop(p.arm))
-    return configs
-
-
-def _build_models(arm: str, config: dict, widths: list[int]) -> None:
-    """Instantiate LitGPT (and so the GPT with the arm's interventions) at each width, without data or trainer."""
-    from jsonargparse import ArgumentParser
-
-    from widthlab.cli import _widthlab_cause
-    from widthlab.module import LitGPT
-
-    model = copy.deepcopy(config.get("model") or {})  # instantiating turns the dicts in place into objects
-    vocab = int((config.get("data") or {}).get("vocab_size", model.get("vocab_size", 4096)))
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(LitGPT, "model")
-    for w in widths:
-        try:
-            cfg = parser.parse_object({"model": {**model, "d_model": w, "vocab_size": vocab,
-                                                 "real_vocab_size": vocab, "compile": False}})
-            parser.instantiate_classes(cfg)
-        except Exception as e:
-            cause = _widthlab_cause(e)
-            raise WidthlabError(f"arm '{arm}' at d_model={w}: {cause or str(e).splitlines()[0]}") from None
+    """Parse each arm and build its model at every width before any training (widthlab.plan.resolve); returns
+    {arm: the resolved config of its first point} (what config.yaml of its runs will hold)."""
+    return resolve(points)[0]
 
 
 def _finished_runs(base: str) -> list[tuple[str, int, int, str]]:
@@ -211,13 +166,14 @@ def write_results(root: str, rows: list[dict]) -> str:
     return path
 
 
-def _recorded_command(root: str, archive: str | None) -> str | None:
-    """The command an earlier call recorded in sweep.json: a call from Python (no command line) keeps it."""
+def _recorded(root: str, archive: str | None, key: str) -> Any:
+    """What an earlier call recorded in sweep.json under `key`: a call from Python (no command line) keeps the
+    command, and a call with fewer widths keeps the other widths' budgets."""
     for d in [root] + ([archive] if archive is not None else []):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             with open(os.path.join(d, "sweep.json")) as f:
-                if cmd := json.load(f).get("command"):
-                    return cmd
+                if got := json.load(f).get(key):
+                    return got
     return None
 
 
@@ -232,7 +188,8 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
           dry_run: bool = False, devices: int | None = None, coord_check: bool = False,
           only: list[str] | None = None, archive: str | None = None, compare: dict | None = None,
           launcher: Literal["local", "submitit-local", "slurm"] = "local", cluster: ClusterOptions | None = None,
-          wait: bool = True) -> str:
+          wait: bool = True, budget: Budget | None = None, plan: PlanOptions | None = None,
+          share_gpu: bool = False) -> str:
     """Run a fit recipe at every width × arm × seed; resumable, and with `archive` resumable on another machine.
 
     Args:
@@ -244,10 +201,12 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         overrides: dotted overrides applied to every arm (e.g. trainer.max_steps)
         name: sweep name; runs go to <out_dir>/<name>/<arm>/d<width>/s<seed>/
         out_dir: parent directory of the sweep
-        dry_run: print the commands and exit
+        dry_run: print the plan (a table: params, FLOPs/token, tokens, tokens/param, FLOPs and hours per point, sums
+            per arm and in total) and exit; offline, no data read
         devices: parallel runs: one per GPU (default: the number of visible GPUs), or on a CPU-only machine that
             many runs side by side with cores/devices threads each (default 1; 2 on a 2-core CPU gave 1.4× the
-            tokens/s of one 2-thread run for d ≤ 128 models, docs/LOG.md)
+            tokens/s of one 2-thread run for d ≤ 128 models, docs/LOG.md). More than the GPUs is refused unless
+            share_gpu
         coord_check: first run a μP coordinate check per arm (a few steps per width) into <sweep>/<arm>/coord_check
         only: run just these arms now (results.csv still lists every finished run of the sweep)
         archive: a directory to commit (e.g. docs/results/<name>): every finished run's metrics.json and config.yaml
@@ -267,49 +226,91 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
             see widthlab.launchers.ClusterOptions)
         wait: wait for the jobs and collect them; false: submit and return (slurm/submitit-local), and a later
             call of the same sweep waits for the jobs still queued or running, without submitting them again
+        budget: training tokens that follow the width (widthlab.plan.Budget), e.g. {tokens_per_param: 20, params:
+            non_embedding, warmup_frac: 0.05}: sets each point's trainer.max_steps (and warm-up, validation cadence)
+            from its own model's parameters; the rule and each point's settings go to sweep.json, where compare
+            reads them
+        plan: how the plan's hours are estimated (widthlab.plan.PlanOptions), e.g. {device: h100, mfu: 0.35}
+        share_gpu: allow devices > visible GPUs: runs share GPUs round-robin (CUDA_VISIBLE_DEVICES per run)
 
     Returns:
         the path of results.csv
     """
     root = os.path.join(out_dir, name)
-    points = plan(recipe, widths, seeds, arms or {}, overrides or {}, root)
+    points = _make_points(recipe, widths, seeds, arms or {}, overrides or {}, root)
     if only is not None:
         unknown = sorted(set(only) - {p.arm for p in points})
         if unknown:
             raise WidthlabError(f"--only names unknown arms {unknown}; the sweep's arms are "
                                 f"{list(dict.fromkeys(p.arm for p in points))}")
     run_points = [p for p in points if only is None or p.arm in only]
+
+    def finished(p: Point) -> bool:
+        return os.path.isfile(os.path.join(p.run_dir, "metrics.json")) or (archive is not None and os.path.isfile(
+            os.path.join(archive_dir(archive, p.arm, p.width, p.seed), "metrics.json")))
+
     if launcher == "local" and (cluster is not None or not wait):
         raise WidthlabError("cluster: options and --wait false are for --launcher slurm or submitit-local; set "
                             "launcher: slurm in the sweep recipe, or drop them (--cluster null) to run here")
+    if budget is not None:
+        budget.check(widths)
+        given = {**(overrides or {}), **{k: v for ov in (arms or {}).values() for k, v in arm_overrides(ov).items()}}
+        if clash := [k for k in budget.keys() if k in given]:
+            raise WidthlabError(f"budget: sets {clash[0]} for each width; drop it from the sweep's overrides/arms")
+    if plan is not None:
+        plan.check(widths)
+    opts = cluster or ClusterOptions()
+    import torch
+
+    n_gpu = torch.cuda.device_count()
+    n_dev = devices or max(1, n_gpu)
+    if launcher != "slurm" and n_gpu and n_dev > n_gpu and not share_gpu:
+        raise WidthlabError(f"devices: {n_dev} runs at once, but this machine has {n_gpu} GPU(s); set devices: "
+                            f"{n_gpu}, or share_gpu: true to put several (small) runs on each GPU")
+    configs, costs = resolve(run_points)
+    rows = plan_rows(run_points, configs, costs, budget, plan, launcher, opts.gpus_per_run)
+    if launcher != "local" and opts.time_from_plan and any(r.hours is None for r in rows):
+        raise WidthlabError("cluster.time_from_plan needs the plan's hours: give plan: {device: h100, mfu: 0.35} "
+                            "(or plan.tokens_per_sec) and a trainer.max_steps or budget:")
+    for p, r in zip(run_points, rows):
+        p.args += [a for k, v in r.overrides.items() for a in _flag(k, v)]
+        p.hours, r.done = r.hours, finished(p)
+        r.limit_min = job_minutes(r.hours, opts) if launcher != "local" and opts.time_from_plan else None
     if dry_run:
-        for p in run_points:
-            print("python -m train " + " ".join(p.args))
+        print(f"plan of sweep {name}: {len(rows)} runs of {recipe}"
+              + (f"; budget: {describe_rule(budget.rule())}" if budget is not None else "")
+              + f"\n{(plan.describe() if plan else None) or 'hours: give plan: {device: h100, mfu: 0.35}'}")
+        print(table(rows, budget.params.replace("_embedding", "-emb") if budget is not None else "total"))
+        if run_points:
+            print(f"first of {len(run_points)} fit commands: python -m train " + " ".join(run_points[0].args))
         if launcher != "local":
-            o = cluster or ClusterOptions()
-            print(f"{launcher}: one job per point, {o.gpus_per_run} GPU(s), {o.time_min} min each"
-                  + (f", partition {o.partition}" if o.partition else ""))
+            print(f"{launcher}: one job per point, {opts.gpus_per_run} GPU(s), "
+                  + ("time limits from the plan (limit column)" if opts.time_from_plan else f"{opts.time_min} min each")
+                  + (f", partition {opts.partition}" if opts.partition else ""))
         return os.path.join(root, "results.csv")
     if launcher != "local":
         check_engine(launcher)
-    configs = validate(run_points)
     if archive is not None and (n := restore_from_results(archive)):
         print(f"{archive}: {n} point(s) listed in results.csv without their run dir, restored from their rows "
               "(no config.yaml: checked on the settings their metrics record)", flush=True)
-    n_archived = check_archive(archive, run_points, configs) if archive is not None else 0
+    # Each point against its own settings: a budget gives every width its own length.
+    n_archived = sum(check_archive(archive, [p], {p.arm: with_overrides(configs[p.arm], r.overrides)})
+                     for p, r in zip(run_points, rows)) if archive is not None else 0
     os.makedirs(root, exist_ok=True)
     spec = {"name": name, "recipe": recipe, "widths": widths, "seeds": seeds, "arms": arms or {"baseline": {}},
             "overrides": overrides or {}, "compare": compare, "devices": devices, "launcher": launcher,
-            "command": cli.INVOKED or _recorded_command(root, archive)}
+            "command": cli.INVOKED or _recorded(root, archive, "command")}
+    if budget is not None:  # the rule, and each point's settings by it (merged over calls: --only, fewer widths)
+        old = _recorded(root, archive, "budget") or {}
+        got = {f"{r.arm}/d{r.width}": {**r.overrides, "tokens": r.tokens, "tokens_per_param": r.tokens / r.per_param}
+               for r in rows}
+        keep = old.get("points", {}) if old.get("rule") == budget.rule() else {}
+        spec["budget"] = {"rule": budget.rule(), "points": {**keep, **got}}
     for d in [root] + ([archive] if archive is not None else []):
         os.makedirs(d, exist_ok=True)
         write_json_atomic(os.path.join(d, "sweep.json"), spec)
     # Results need no training from here on. `lock`: several runs (one per GPU) may finish at the same time.
     lock = threading.Lock()
-
-    def finished(p: Point) -> bool:
-        return os.path.isfile(os.path.join(p.run_dir, "metrics.json")) or (archive is not None and os.path.isfile(
-            os.path.join(archive_dir(archive, p.arm, p.width, p.seed), "metrics.json")))
 
     def record(new: list[Point]) -> str:
         with lock:
@@ -333,21 +334,11 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     todo = [p for p in run_points if not finished(p)]
     print(f"sweep {name}: {len(run_points)} runs, {len(run_points) - len(todo)} already finished"
           + (f" ({n_archived} in the archive {archive})" if archive is not None else ""), flush=True)
-    import torch
-
-    n_gpu = torch.cuda.device_count()
-    n_dev = devices or max(1, n_gpu)
     failed: list[str] = []
     done = itertools.count(1)
 
-    def env_for(slot: int) -> dict[str, str]:
-        """The environment of the runs in parallel slot `slot`: its GPU, or its share of the CPU cores (parallel
-        CPU runs share the cores instead of each spinning up all of them)."""
-        if n_gpu > 1:
-            return {"CUDA_VISIBLE_DEVICES": str(slot % n_gpu)}
-        if n_gpu == 0 and n_dev > 1:
-            return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n_dev))}
-        return {}
+    def env_for(slot: int) -> dict[str, str]:  # its GPU (shared with share_gpu), or its share of the cores
+        return slot_env(slot, n_gpu, n_dev)
 
     def finish(p: Point, t0: float, why: str | None, logs: str) -> None:
         """A point's run has ended, one way or another: record it, and say how it went."""
@@ -369,7 +360,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
             slots.put(s)
 
         def work(p: Point) -> None:
-            slot, t0 = slots.get(), time.time()  # a free slot, so two runs never share a GPU
+            slot, t0 = slots.get(), time.time()  # a free slot: runs share a GPU only with share_gpu
             try:
                 rc = _run_one(p, env_for(slot))
             finally:
@@ -379,7 +370,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         with ThreadPoolExecutor(max_workers=n_dev) as ex:
             list(ex.map(work, todo))
     else:
-        pending = run_jobs(todo, root=root, engine=launcher, options=cluster or ClusterOptions(), wait=wait,
+        pending = run_jobs(todo, root=root, engine=launcher, options=opts, wait=wait,
                            parallel=n_dev, env_for=env_for, finish=finish, name=name)
     path = record([])
     # One chart per metric with every run of the sweep in it (TensorBoard's CUSTOM SCALARS tab).

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from widthlab.scaling.runs import budget_lines
+
 _NA = {"est": float("nan"), "lo": float("nan"), "hi": float("nan")}
 
 
@@ -120,6 +122,7 @@ def _how_run(prov: dict | None) -> list[str]:
         role = f" — {s['role']}" if s.get("role") else ""
         lines.append(f"- sweep `{s.get('name')}` ({s['dir']}{role}): fit recipe `{s.get('recipe')}`{par}; last run by "
                      f"{how}")
+        lines += budget_lines(s.get("budget"))
     if prov.get("compare_command"):
         lines.append(f"- this report: `{prov['compare_command']}`")
     if prov["n_timed"]:

@@ -16,6 +16,7 @@ import yaml
 
 from widthlab import WidthlabError
 from widthlab.archive import run_settings, settings_differ
+from widthlab.plan import describe_rule, si
 from widthlab.scaling import events
 
 RECIPE_KEYS = ("data_source", "vocab_size", "n_layer", "seq_len")  # must agree for runs to share one curve
@@ -99,9 +100,13 @@ def load_runs(paths: list[str]) -> list[dict]:
                     if "tb_compare" not in f.parts]
         else:
             continue
+        budget = _budget_of(p)
         for r, d in rows:
             r.setdefault("arm", "baseline")  # a plain `fit` run is its own baseline
             r["_dir"] = d
+            entry = (budget.get("points") or {}).get(f"{r['arm']}/d{r.get('d_model')}") if budget else None
+            if entry is not None:  # trained under its sweep's token budget: see _by_rule
+                r["_budget"] = (budget.get("rule") or {}, entry)
             # One configuration (arm, width, seed) is one run: runs are deterministic, so the same one listed
             # by two sources (a sweep dir and an archived results.csv) has the same loss and is kept once, with
             # its run dir if either has one; two different losses mean two different experiments.
@@ -146,6 +151,51 @@ def _settings(r: dict) -> dict | None:
     return out
 
 
+def _budget_of(sweep: Path) -> dict | None:
+    """The token budget a sweep dir's sweep.json records (widthlab.sweep: the rule, and each arm/width's settings)."""
+    found = _sweep_jsons([str(sweep)]) if sweep.is_dir() else []
+    b = found[0][1].get("budget") if found else None
+    return b if isinstance(b, dict) else None
+
+
+# The settings a budget rule sets per point (widthlab.plan.Budget.keys), and what each is compared as.
+_BY_RULE = {"trainer.max_steps": lambda rule: {k: rule[k] for k in ("tokens_per_param", "params", "tokens")
+                                               if k in rule},
+            "model.warmup_steps": lambda rule: {"warmup_frac": rule.get("warmup_frac")},
+            "trainer.val_check_interval": lambda rule: {"val_checks": rule.get("val_checks")}}
+
+
+def _by_rule(r: dict, s: dict | None) -> dict | None:
+    """A run trained under its sweep's token budget: each setting the rule gave its width must be what sweep.json
+    recorded for it (else it is a real mismatch, refused), and is then compared as the rule itself, so widths and
+    arms may differ in it, but two rules, or a rule and a fixed length, may not."""
+    if s is None or not r.get("_budget"):
+        return s
+    rule, entry = r["_budget"]
+    for k, part in _BY_RULE.items():
+        if k not in entry:
+            continue
+        if k in s and s[k] != entry[k]:
+            raise WidthlabError(f"{_where(r)} was trained with {k}={s[k]!r}, but its sweep's budget "
+                                f"({describe_rule(rule)}) gives {entry[k]!r}; re-run it with the sweep's command, or "
+                                "compare it on its own")
+        s[k] = "budget " + json.dumps(part(rule), sort_keys=True)
+    return s
+
+
+def budget_lines(budget: dict | None) -> list[str]:
+    """report.md's lines for a sweep's token budget: the rule, and each arm/width's planned tokens and tokens/param."""
+    if not isinstance(budget, dict) or not budget.get("rule"):
+        return []
+    rule = budget["rule"]
+    order = lambda kv: (kv[0].split("/d")[0], int(kv[0].split("/d")[1]))  # noqa: E731
+    pts = [f"{k.replace('/d', ' d=')} {si(v.get('tokens'))} ({v.get('tokens_per_param', float('nan')):.3g})"
+           for k, v in sorted((budget.get("points") or {}).items(), key=order)]
+    per = rule.get("params", "non_embedding").replace("_", "-")
+    return [f"  - token budget: {describe_rule(rule)}; each width's trainer.max_steps = ceil(tokens / tokens per "
+            f"step). Tokens (tokens per {per} parameter) by point: " + ", ".join(pts)]
+
+
 def _where(r: dict) -> str:
     d = r.get("_dir")
     rel = os.path.relpath(d) if d else None
@@ -172,7 +222,7 @@ def check_recipe(runs: list[dict], overrides: dict[str, set[str]] | None = None,
             return k == "model.interventions"
         return any(k == o or k.startswith(o + ".") or o.startswith(k + ".") for o in overrides[arm])
 
-    seen = [(r, s) for r in runs if (s := _settings(r)) is not None]
+    seen = [(r, s) for r in runs if (s := _by_rule(r, _settings(r))) is not None]
     for k in sorted({k for _, s in seen for k in s} - set(allow)):
         have = [(r, s[k]) for r, s in seen if k in s]
         for r, v in have:  # within an arm: one value
@@ -227,7 +277,7 @@ def provenance(paths: list[str], runs: list[dict], short_sweep: str | None = Non
     """What made these results: each sweep's recipe and command (sweep.json), the matched short sweep's too (it
     decides convergence), and the runs' wall times."""
     short_dir = Path(short_sweep).resolve() if short_sweep else None
-    sweeps = [{"dir": str(p), **{k: js.get(k) for k in ("name", "recipe", "command", "devices", "launcher")},
+    sweeps = [{"dir": str(p), **{k: js.get(k) for k in ("name", "recipe", "command", "devices", "launcher", "budget")},
                "role": "matched short sweep, convergence" if p.resolve() == short_dir else None}
               for p, js in _sweep_jsons(paths + ([short_sweep] if short_sweep else []))]
     walls = [float(r["wall_s"]) for r in runs + (short_runs or [])
