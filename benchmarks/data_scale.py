@@ -18,7 +18,8 @@ the sum over processes is what the machine spends). Tokens/s: train+valid+test t
 tokenising part — widthlab's build_seconds from meta.json (BPE training included, a handicap), the reference's
 whole preparation wall time (its tokenizer came for free). Prints a Markdown table.
 
-    python benchmarks/data_scale.py [--sizes 0.2 1 2] [--workdir /tmp/widthlab_scale] [--skip-reference]
+    python benchmarks/data_scale.py [--sizes 0.2 1 2] [--from-scratch 1] [--workdir /tmp/widthlab_scale]
+                                   [--skip-reference] [--json rows.json]
 """
 from __future__ import annotations
 
@@ -155,7 +156,8 @@ def main() -> None:
     ap.add_argument("--text", help="your own text files (a glob) instead of generated corpora")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "widthlab_scale"))
     ap.add_argument("--skip-reference", action="store_true")
-    ap.add_argument("--from-scratch", action="store_true", help="also time the fit that builds its own cache")
+    ap.add_argument("--from-scratch", type=float, nargs="*", default=[1.0],
+                    help="sizes (GB) at which to also run the fit that builds its own cache (default: 1)")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -166,7 +168,9 @@ def main() -> None:
           "| reference: wall (tok/s) | peak PSS | throughput ratio | fit from scratch: wall (peak PSS) |\n"
           "|---|---|---|---|---|---|---|---|---|", flush=True)
     for pattern in corpora:
-        r = measure(pattern, args.workdir, not args.skip_reference, args.from_scratch)
+        gb = sum(os.path.getsize(f) for f in glob.glob(pattern)) / 1e9
+        r = measure(pattern, args.workdir, not args.skip_reference,
+                    any(abs(gb - g) < 0.05 * g for g in args.from_scratch or []))
         rows.append(r)
         ref = (f"{r['ref_wall_s']:.0f} s ({r['ref_tok_s'] / 1e6:.2f}M) | {r['ref_peak_mb'] / 1e3:.2f} GB | "
                f"**{r['ratio']:.2f}**") if "ratio" in r else "– | – | –"
