@@ -21,8 +21,11 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from widthlab import WidthlabError
+from widthlab.device import set_tf32, use_fused
 from widthlab.interventions.base import Intervention
 from widthlab.metrics import TokenNLL, derived
 from widthlab.model import GPT, ModelConfig
@@ -34,7 +37,7 @@ class LitGPT(L.LightningModule):
                  mup_base_d_model: int | None = None, vocab_size: int = 4096, real_vocab_size: int | None = None,
                  seq_len: int = 128, lr: float = 3e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 50, min_lr_ratio: float = 0.1,
-                 compile: bool = False,
+                 compile: bool = False, fused: bool | None = None, tf32: bool | None = None,
                  interventions: list[Intervention] | None = None):
         """
         Args:
@@ -55,6 +58,9 @@ class LitGPT(L.LightningModule):
             warmup_steps: linear warmup steps
             min_lr_ratio: final LR as a fraction of the peak (cosine decay over trainer.max_steps)
             compile: torch.compile the model's forward (pays on GPU; off for CPU smoke runs)
+            fused: fused AdamW (one kernel for all updates); null = on CUDA unless fp16 needs a GradScaler. Results
+                do not depend on it; `true` on a CPU is how the tests take the GPU path
+            tf32: TF32 matmuls for fp32 work; null = on CUDA (a no-op on CPU)
             interventions: packing ideas (class_path/init_args), see widthlab.interventions
         """
         super().__init__()
@@ -82,6 +88,8 @@ class LitGPT(L.LightningModule):
         return self.cfg.seq_len * t.datamodule.batch_size * t.accumulate_grad_batches * t.world_size
 
     def setup(self, stage: str) -> None:
+        tf32 = self.hparams.get("tf32")
+        set_tf32(self.trainer.strategy.root_device.type == "cuda" if tf32 is None else tf32)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "token_decile"):
             self.buckets = dm.token_decile().to(self.device)
@@ -201,7 +209,13 @@ class LitGPT(L.LightningModule):
         for iv in self.interventions:
             spec = iv.param_groups(self.model, spec)
         spec = [g for g in spec if g["params"]]
-        opt = torch.optim.AdamW(spec, betas=tuple(hp.betas), fused=self.device.type == "cuda")
+        scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None)
+        fused = use_fused(hp.get("fused"), self.device, scaler is not None)
+        if fused and scaler is not None and getattr(self.trainer, "gradient_clip_val", None):
+            raise WidthlabError("model.fused: true cannot clip gradients under precision 16-mixed (a fused AdamW "
+                                "unscales fp16 gradients inside its step); use trainer.precision bf16-mixed, or "
+                                "model.fused: null")
+        opt = torch.optim.AdamW(spec, betas=tuple(hp.betas), fused=fused)
         total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches)
 
         def schedule(step: int) -> float:
@@ -212,6 +226,21 @@ class LitGPT(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any optimizer that can unscale inside its step (a
+        # fused AdamW), since under fp16 the gradients it would clip are still multiplied by the loss scale. Under
+        # bf16-mixed there is no scaler: the gradients are the true ones, and clipping them is exactly Lightning's
+        # own clip (Precision.clip_gradients: torch's clip over the optimizer's parameters), done here. Every other
+        # case (fp16 with its scaler, fp32, other plugins) takes Lightning's path unchanged.
+        plugin = self.trainer.precision_plugin
+        if not (gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None):
+            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if gradient_clip_algorithm == GradClipAlgorithmType.VALUE:
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         mine = self.state_dict()
