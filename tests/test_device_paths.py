@@ -66,3 +66,26 @@ def test_fused_fp32_clips_like_lightning(tmp_path, cache_dir):
     _, probe = _fit(tmp_path / "run", cache_dir, 2, ["--model.fused", "true", "--trainer.gradient_clip_val", str(CLIP)])
     assert (probe.fused, probe.plugin, probe.dtype) == (True, "Precision", torch.float32)
     assert probe.norms == [pytest.approx(CLIP, rel=1e-4)] * 2
+
+
+def _keys(path) -> set[str]:
+    return set(torch.load(path, weights_only=True)["state_dict"])
+
+
+def test_a_compiled_checkpoint_loads_without_compile_and_the_reverse(tmp_path, cache_dir):
+    """torch.compile on the CPU (inductor), 2 steps of a tiny model: the checkpoint holds the model's keys once."""
+    root = tmp_path / "compiled"
+    run_lightning_cli(tiny_args(root, cache_dir, 2, ["--trainer.limit_val_batches", "0", "--model.compile", "true"]))
+    ck = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    hp = {k: v for k, v in ck["hyper_parameters"].items() if k != "_instantiator"}
+    eager = LitGPT(**{**hp, "compile": False})
+    assert set(ck["state_dict"]) == set(eager.state_dict()) and all(k.startswith("model.") for k in ck["state_dict"])
+    eager.load_state_dict(ck["state_dict"], strict=True)
+    # and the reverse: an eager run's checkpoint into a compiled module (strict)
+    compiled = LitGPT(**{**hp, "compile": True})
+    compiled.load_state_dict(eager.state_dict(), strict=True)
+    # through Lightning: the compiled run resumed without compile (Lightning's load is strict)
+    run_lightning_cli(tiny_args(root, cache_dir, 3, ["--trainer.limit_val_batches", "0", "--model.compile", "false",
+                                                     "--ckpt_path", "last"]))
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert _keys(root / "checkpoints" / "last.ckpt") == set(ck["state_dict"])

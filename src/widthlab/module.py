@@ -31,6 +31,10 @@ from widthlab.metrics import TokenNLL, derived
 from widthlab.model import GPT, ModelConfig
 
 
+def _call(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return model(idx)  # through nn.Module.__call__, so forward hooks (tests, probes) still run
+
+
 class LitGPT(L.LightningModule):
     def __init__(self, d_model: int = 64, n_layer: int = 2, head_dim: int = 32, mlp_ratio: int = 4,
                  dropout: float = 0.0, tie_embeddings: bool = False, init_std: float = 0.02,
@@ -70,7 +74,10 @@ class LitGPT(L.LightningModule):
                                seq_len=seq_len, mlp_ratio=mlp_ratio, dropout=dropout, tie_embeddings=tie_embeddings,
                                init_std=init_std, mup_base_d_model=mup_base_d_model, real_vocab_size=real_vocab_size)
         self.model = GPT(self.cfg, self.interventions)
-        self._fwd = torch.compile(self.model) if compile else self.model  # shares parameters, keeps state_dict keys
+        # The compiled callable is a plain attribute, not a submodule (torch.compile(module) would register its
+        # OptimizedModule and add a second copy of every key, `_fwd._orig_mod.*`): the state_dict is the model's own
+        # keys either way, so a checkpoint loads with or without compile.
+        self._fwd = torch.compile(_call) if compile else _call
         self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
         self.register_buffer("buckets", torch.full((vocab_size,), 9, dtype=torch.long), persistent=False)
         self.diverged_step: int | None = None  # global step whose loss or gradients were not finite
@@ -100,7 +107,7 @@ class LitGPT(L.LightningModule):
 
     # --- training ------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._fwd(idx)
+        return self._fwd(self.model, idx)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
