@@ -204,3 +204,50 @@ def test_bad_launcher_inputs_fail_before_any_run(env, tmp_path, monkeypatch):
 def test_local_sweep_does_not_import_submitit():
     code = "import sys, widthlab.sweep, widthlab.cli; assert 'submitit' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _stand_in_sbatch(tmp_path, monkeypatch):
+    """sbatch that keeps every script it is given (script-1.sh, script-2.sh, ...) and answers job ids 100, 101, ..."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "sbatch").write_text(f'#!/bin/sh\nn=$(ls {tmp_path}/script-*.sh 2>/dev/null | wc -l)\nn=$((n + 1))\n'
+                                 f'cp "$1" {tmp_path}/script-$n.sh\necho "Submitted batch job $((99 + n))"\n')
+    (bin_ / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for f in bin_.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_), os.environ["PATH"]]))
+
+
+def test_time_limits_follow_the_plan(env, tmp_path, cache_dir, monkeypatch, capsys):
+    """cluster.time_from_plan: each point's --time is ceil(planned hours × 60 × margin), within the floor and the
+    cap; one SLURM array per distinct limit. Planned hours here = tokens / the measured tokens/s per width."""
+    import math
+
+    from widthlab.plan import PlanOptions
+    _stand_in_sbatch(tmp_path, monkeypatch)
+    tokens = 6 * 4 * 32  # tiny(): 6 steps × batch 4 × seq 32
+    tps = {32: tokens / (2 * 3600), 64: tokens / (5 * 3600), 96: tokens / (0.05 * 3600)}  # 2 h, 5 h, 3 min
+    opts = launchers.ClusterOptions(partition="gpu", time_from_plan=True, time_margin=1.5, time_floor_min=20,
+                                    time_max_min=400)
+    kw = dict(recipe="recipes/smoke.yaml", widths=[32, 64, 96], seeds=[0], name="tl", out_dir=str(tmp_path),
+              overrides=tiny(cache_dir), launcher="slurm", cluster=opts, plan=PlanOptions(tokens_per_sec=tps))
+    want = {32: math.ceil(2 * 60 * 1.5), 64: 400, 96: 20}  # 180; 450 capped at 400; 4.5 raised to the floor
+    assert want == {w: launchers.job_minutes(tokens / tps[w] / 3600, opts) for w in tps}
+    sweep(dry_run=True, **kw)
+    table = capsys.readouterr().out
+    for w, m in want.items():
+        assert re.search(rf"^baseline\s+{w}\s+0 .* {m} min\s*$", table, flags=re.M), (w, table)
+    sweep(wait=False, **kw)
+    scripts = sorted(tmp_path.glob("script-*.sh"))
+    limits = sorted(int(re.search(r"#SBATCH --time=(\d+)", s.read_text()).group(1)) for s in scripts)
+    assert limits == sorted(want.values())  # three limits: three arrays of one job each
+    book = json.loads((tmp_path / "tl" / "submitit" / "jobs.json").read_text())
+    assert len({v["job_id"] for v in book.values()}) == 3
+    by_job = {v["job_id"].split("_")[0]: k for k, v in book.items()}
+    for s in scripts:  # each array's script trains the point whose limit it carries
+        job = str(99 + int(s.stem.split("-")[1]))
+        w = int(by_job[job].split("/d")[1].split("/")[0])
+        assert f"#SBATCH --time={want[w]}\n" in s.read_text()
+    # without hours in the plan, limits cannot come from it
+    with pytest.raises(WidthlabError, match="cluster.time_from_plan needs the plan's hours"):
+        sweep(**{**kw, "plan": None, "name": "tl2"}, dry_run=True)
