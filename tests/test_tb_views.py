@@ -156,8 +156,8 @@ def test_hparams_table_has_one_session_per_run_with_the_columns(tensorboard, swe
     assert set(groups) == {"baseline/d32/s0", "baseline/d64/s0", "bigram/d64/s0"}  # runs, not subdirectories
     real, m = groups["baseline/d32/s0"], sweep["metrics"]
     assert real["hparams"] | {"lr": pytest.approx(3e-3)} == {
-        "arm": "baseline", "d_model": 32, "n_layer": 1, "vocab_size": m["vocab_size"], "lr": pytest.approx(3e-3),
-        "mup_base_d_model": 0, "seed": m["seed"], "interventions": "none", "params": m["params"],
+        "arm": "baseline", "idea": "baseline", "knobs": "", "d_model": 32, "n_layer": 1, "vocab_size": m["vocab_size"],
+        "lr": pytest.approx(3e-3), "mup_base_d_model": 0, "seed": m["seed"], "interventions": "none", "params": m["params"],
         "flops_per_token": m["flops_per_token"], "tokens": 8 * 4 * 32, "status": "ok"}
     # every metric column has metrics.json's value (to float32, what a TensorBoard scalar holds), in every session
     values = _metrics(real)
@@ -269,6 +269,10 @@ def test_arm_name(tmp_path):
     assert tb_views.run_hparams(m, {}, None, "runs/smoke")["arm"] == "ZLoss+LogitSoftCap"
     assert tb_views.run_hparams({}, {}, None, "runs/smoke")["arm"] == "baseline"
     assert tb_views.run_hparams(m, {}, "zloss_capped", "runs/ptb/bigram/d64/s3")["arm"] == "zloss_capped"
+    # a grid's sub-arm: its idea and knob values are columns of their own (filter/sort by value)
+    hp = tb_views.run_hparams(m, {}, None, "runs/tune/unitnorm@init_scale=0.3@lr=0.01/d8/s10")
+    assert (hp["arm"], hp["idea"], hp["knobs"]) == ("unitnorm@init_scale=0.3@lr=0.01", "unitnorm",
+                                                    "init_scale=0.3 lr=0.01")
 
 
 def test_arm_option_reaches_the_hparams_writer(tmp_path, cache_dir):

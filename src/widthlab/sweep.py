@@ -41,6 +41,7 @@ from widthlab.archive import archive_dir, check_archive, copy_run, read_metrics,
 from widthlab.callbacks.run_info import write_json_atomic
 from widthlab.launchers import ClusterOptions, check_engine, job_minutes, run_jobs, slot_env, start_fit
 from widthlab.plan import Budget, PlanOptions, describe_rule, plan_rows, resolve, table, with_overrides
+from widthlab.tuning import confirm_arms, expand_grids, expand_only
 
 
 @dataclass
@@ -59,8 +60,8 @@ def _flag(key: str, value: Any) -> list[str]:
 
 
 def arm_overrides(ov: dict | None) -> dict[str, Any]:
-    """An arm's dotted recipe overrides: its entry in the sweep's arms, less its own `seeds`."""
-    return {k: v for k, v in (ov or {}).items() if k != "seeds"}
+    """An arm's dotted recipe overrides: its entry in the sweep's arms, less its own `seeds` and `grid`."""
+    return {k: v for k, v in (ov or {}).items() if k not in ("seeds", "grid")}
 
 
 def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[str, Any]],
@@ -82,6 +83,7 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
     if bad:
         raise WidthlabError(f"arm names {bad} are not safe directory names; use letters, digits, '_', '-' or '.' "
                             "(starting with a letter or digit; 'submitit' is taken by the job logs)")
+    arms = expand_grids(arms, overrides)  # an arm's grid: → one sub-arm per value, <arm>@<knob>=<value> (tuning.py)
     # An arm may list its own seeds (`seeds: [0, 1, 2]` beside its overrides): more seeds where an effect is small.
     arm_seeds = {arm: (ov or {}).get("seeds", seeds) for arm, ov in arms.items()}
     arms = {arm: arm_overrides(ov) for arm, ov in arms.items()}
@@ -189,7 +191,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
           only: list[str] | None = None, archive: str | None = None, compare: dict | None = None,
           launcher: Literal["local", "submitit-local", "slurm"] = "local", cluster: ClusterOptions | None = None,
           wait: bool = True, budget: Budget | None = None, plan: PlanOptions | None = None,
-          share_gpu: bool = False) -> str:
+          share_gpu: bool = False, select: dict | None = None) -> str:
     """Run a fit recipe at every width × arm × seed; resumable, and with `archive` resumable on another machine.
 
     Args:
@@ -232,13 +234,20 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
             reads them
         plan: how the plan's hours are estimated (widthlab.plan.PlanOptions), e.g. {device: h100, mfu: 0.35}
         share_gpu: allow devices > visible GPUs: runs share GPUs round-robin (CUDA_VISIBLE_DEVICES per run)
+        select: a confirmation sweep (widthlab.tuning): {from: <tuning archive>, rule: mean_loss, widths: [8, 24]}
+            adds each idea's value chosen from the tuning runs of its grid: as an arm, run on these (fresh) seeds
 
     Returns:
         the path of results.csv
     """
     root = os.path.join(out_dir, name)
+    chosen = confirm_arms(select, arms, seeds, recipe, overrides, _recorded(root, archive, "select")) if select else None
+    if chosen:  # a confirmation sweep: its own arms and each idea's value selected from the tuning runs
+        arms = chosen.arms
+        print("\n".join(chosen.notes), flush=True)
     points = _make_points(recipe, widths, seeds, arms or {}, overrides or {}, root)
     if only is not None:
+        only = expand_only(only, [p.arm for p in points])  # an idea's name stands for its grid's sub-arms
         unknown = sorted(set(only) - {p.arm for p in points})
         if unknown:
             raise WidthlabError(f"--only names unknown arms {unknown}; the sweep's arms are "
@@ -300,6 +309,8 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
     spec = {"name": name, "recipe": recipe, "widths": widths, "seeds": seeds, "arms": arms or {"baseline": {}},
             "overrides": overrides or {}, "compare": compare, "devices": devices, "launcher": launcher,
             "command": cli.INVOKED or _recorded(root, archive, "command")}
+    if chosen:  # what was selected, so a fresh clone confirms the same values
+        spec["select"] = chosen.record
     if budget is not None:  # the rule, and each point's settings by it (merged over calls: --only, fewer widths)
         old = _recorded(root, archive, "budget") or {}
         got = {f"{r.arm}/d{r.width}": {**r.overrides, "tokens": r.tokens, "tokens_per_param": r.tokens / r.per_param}

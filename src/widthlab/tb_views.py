@@ -23,6 +23,8 @@ import os
 import re
 import time
 
+from widthlab.tuning import split_arm
+
 # (name, kind, description): the HPARAMS table's hyperparameter columns, in order. kind: "str" or "num".
 HPARAMS = [
     ("arm", "str", "sweep arm (--arm, else the <arm>/d<width>/s<seed> directory layout, else 'baseline' or the "
@@ -33,6 +35,8 @@ HPARAMS = [
     ("lr", "num", "peak learning rate (of the base width under μP)"),
     ("mup_base_d_model", "num", "μP base width; 0 = standard parametrisation"),
     ("seed", "num", "data and init seed"),
+    ("idea", "str", "the arm without its grid values: signed_decay for signed_decay@gamma=-0.3 (widthlab.tuning)"),
+    ("knobs", "str", "the arm's grid values, e.g. gamma=-0.3; '' outside a grid"),
     ("interventions", "str", "packing ideas with their arguments; 'none' for the baseline"),
     ("params", "num", "parameters, embeddings included"),
     ("flops_per_token", "num", "training FLOPs per token (6N + attention, head included)"),
@@ -90,7 +94,9 @@ def run_hparams(metrics: dict, module_hparams: dict, arm: str | None, run_dir: s
     if arm is None:
         arm = guess_arm(run_dir) or ("+".join(s.split("(")[0] for s in ivs) if ivs else "baseline")
     src = {**module_hparams, **metrics}
-    out = {"arm": arm, "interventions": interventions_text(ivs), "status": str(metrics.get("status") or "ok"),
+    idea, knobs = split_arm(arm)
+    out = {"arm": arm, "idea": idea, "knobs": " ".join(f"{k}={v}" for k, v in knobs.items()),
+           "interventions": interventions_text(ivs), "status": str(metrics.get("status") or "ok"),
            "mup_base_d_model": src.get("mup_base_d_model") or 0}
     for name, kind, _ in HPARAMS:
         if name not in out:
