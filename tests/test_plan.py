@@ -195,3 +195,16 @@ def test_meta_device_leaves_no_trace():
     from widthlab.plan import model_costs
     model_costs({"model": {"n_layer": 1}, "data": {"vocab_size": 512}}, 32)
     assert torch.zeros(1).device.type == "cpu"
+
+
+def test_the_walk_through_plan_in_the_docs_is_what_the_dry_run_prints(tmp_path, capsys):
+    """docs/multi_device.md's sweep recipe dry-runs offline, and every table line the doc shows is printed as shown."""
+    text = open(os.path.join(REPO, "docs", "multi_device.md")).read()
+    (doc,) = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+              if "name: tinystories_plan" in b]
+    (shown,) = re.findall(r"^```\n(plan of sweep.*?)^```", text, flags=re.S | re.M)
+    kw = {k: v for k, v in doc.items() if k not in ("budget", "plan")}
+    sweep(**kw, budget=Budget(**doc["budget"]), plan=PlanOptions(**doc["plan"]), out_dir=str(tmp_path), dry_run=True)
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in shown.splitlines() if line != "..." and not line.startswith("first of")]
+    assert len(lines) == 12 and all(line in out for line in lines), [x for x in lines if x not in out]
