@@ -275,9 +275,21 @@ def test_budget_sets_each_widths_steps_and_compare_accepts_only_the_rule(env, tm
     ov = {k: v for k, v in tiny(cache_dir).items() if k not in ("trainer.max_steps", "trainer.val_check_interval",
                                                                  "model.warmup_steps")}
     budget = Budget(tokens_per_param=0.05, warmup_frac=0.25, val_checks=2)
-    path = sweep(recipe="recipes/smoke.yaml", widths=[32, 64, 96], name="bud", out_dir=str(tmp_path), overrides=ov,
-                 budget=budget)
+    kw = dict(recipe="recipes/smoke.yaml", name="bud", out_dir=str(tmp_path), overrides=ov, budget=budget,
+              archive=str(tmp_path / "archive"))
+    path = sweep(widths=[32, 64, 96], **kw)
     root = tmp_path / "bud"
+    # Again, from the archive alone: every point is checked against its own width's settings, nothing re-runs.
+    shutil.copytree(root, tmp_path / "kept")
+    shutil.rmtree(root)
+    capsys.readouterr()
+    sweep(widths=[32, 64, 96], **kw)
+    assert "3 runs, 3 already finished (3 in the archive" in capsys.readouterr().out and not (root / "baseline").exists()
+    with pytest.raises(WidthlabError, match=r"d=32 s0\) was trained with model\.warmup_steps=3, but this sweep would "
+                                            r"use model\.warmup_steps=6"):  # twice the tokens: 24 steps, not 12
+        sweep(widths=[32, 64, 96], **{**kw, "budget": Budget(tokens_per_param=0.1, warmup_frac=0.25, val_checks=2)})
+    shutil.rmtree(root)
+    shutil.copytree(tmp_path / "kept", root)
     want = {w: math.ceil(0.05 * _nonembed(w) / (4 * 32)) for w in (32, 64, 96)}
     assert want == {32: 12, 64: 33, 96: 63}  # the hand count of tests/test_plan.py's formula, at 1 layer
     got = {int(r["d_model"]): int(r["steps"]) for r in rows(path)}
