@@ -16,8 +16,9 @@ from tokenizers import Tokenizer, models
 from widthlab import WidthlabError
 from widthlab.callbacks.perf import PEAK_BF16_DENSE
 from widthlab.model import GPT, ModelConfig
-from widthlab.plan import (Budget, Costs, PlanOptions, budget_overrides, devices_per_run, plan_rows, resolve, si,
+from widthlab.plan import (Budget, Costs, PlanOptions, budget_overrides, devices_per_run, plan_rows, resolve,
                            tokens_per_step, vocab_sizes)
+from widthlab.plan_table import si
 from widthlab.sweep import plan, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

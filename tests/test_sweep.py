@@ -284,7 +284,8 @@ def test_budget_sets_each_widths_steps_and_compare_accepts_only_the_rule(env, tm
     shutil.rmtree(root)
     capsys.readouterr()
     sweep(widths=[32, 64, 96], **kw)
-    assert "3 runs, 3 already finished (3 in the archive" in capsys.readouterr().out and not (root / "baseline").exists()
+    assert "3 runs, 3 already finished (3 in the archive" in capsys.readouterr().out
+    assert not (root / "baseline").exists()
     with pytest.raises(WidthlabError, match=r"d=32 s0\) was trained with model\.warmup_steps=3, but this sweep would "
                                             r"use model\.warmup_steps=6"):  # twice the tokens: 24 steps, not 12
         sweep(widths=[32, 64, 96], **{**kw, "budget": Budget(tokens_per_param=0.1, warmup_frac=0.25, val_checks=2)})

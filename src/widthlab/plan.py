@@ -8,7 +8,7 @@ Nothing here reads a corpus or tokenises anything, so `sweep --dry_run` answers 
 - Budget: a sweep-level token budget that follows the width, tokens = r × params (or a table per width), turned
   into each point's trainer.max_steps (and warm-up, validation cadence) by budget_overrides.
 - PlanOptions: hours = FLOPs / (peak × MFU × devices), with the peak from the table PerfMonitor uses, or tokens /
-  a measured tokens/s.
+  a measured tokens/s. plan_rows gives each point's row of the table (widthlab.plan_table) `sweep --dry_run` prints.
 """
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import yaml
 
 from widthlab import WidthlabError
+from widthlab.plan_table import Row
 
 
 @dataclass
@@ -302,7 +303,7 @@ def budget_overrides(budget: Budget, width: int, costs: Costs, step_tokens: int,
     return out
 
 
-def runduration(tokens: float, flops_per_token: float, devices: int, opts: PlanOptions | None,
+def run_hours(tokens: float, flops_per_token: float, devices: int, opts: PlanOptions | None,
               width: int) -> float | None:
     """Planned wall hours of one run's training: tokens·FLOPs/token / (peak × MFU × devices), or tokens /
     tokens_per_sec; None when the plan has neither."""
@@ -316,77 +317,6 @@ def runduration(tokens: float, flops_per_token: float, devices: int, opts: PlanO
     if peak is None:
         return None
     return tokens * flops_per_token / (peak * opts.mfu * devices) / 3600
-
-
-@dataclass
-class Row:
-    """One point of the plan table."""
-    arm: str
-    width: int
-    seed: int
-    costs: Costs
-    steps: int | None
-    tokens: int | None
-    per_param: int  # the parameter count tokens/param divides by
-    hours: float | None
-    done: bool = False
-    limit_min: int | None = None  # the job's time limit, where the cluster takes it from the plan
-    overrides: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def flops(self) -> float | None:
-        return None if self.tokens is None else float(self.costs.flops_per_token) * self.tokens
-
-
-def si(x: float | None, digits: int = 3) -> str:
-    """1234567 → 1.23M; None → –."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    for p, s in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= p:
-            return f"{x / p:.{digits}g}{s}"
-    return f"{x:.{digits}g}"
-
-
-def duration(h: float | None) -> str:
-    """Hours as a reader wants them: 42 s, 3.5 min, 2.25 h."""
-    if h is None:
-        return "–"
-    return f"{h * 3600:.2g} s" if h < 1 / 60 else f"{h * 60:.2g} min" if h < 1 else f"{h:.3g} h"
-
-
-def table(rows: list[Row], per: str = "total") -> str:
-    """The plan as one text table: a line per point, then each arm's sums and the sweep's (tokens, FLOPs, hours,
-    and the hours still to run where points are finished)."""
-    head = ["arm", "width", "seed", "params", "non-emb", "FLOPs/tok", "steps", "tokens", f"tok/param({per})",
-            "FLOPs", "time"] + (["limit"] if any(r.limit_min is not None for r in rows) else []) + [""]
-    lines = []
-    for r in rows:
-        tpp = None if r.tokens is None else r.tokens / r.per_param
-        lines.append([r.arm, str(r.width), str(r.seed), si(r.costs.params), si(r.costs.params_nonembed),
-                      si(r.costs.flops_per_token), "–" if r.steps is None else str(r.steps), si(r.tokens),
-                      "–" if tpp is None else f"{tpp:.3g}", si(r.flops), duration(r.hours)]
-                     + ([f"{r.limit_min} min" if r.limit_min is not None else "–"] if len(head) == 13 else [])
-                     + ["done" if r.done else ""])
-
-    def total(label: str, rs: list[Row]) -> list[str]:
-        def s(xs):
-            return None if any(x is None for x in xs) else sum(xs)
-        left = s([0.0 if r.done else r.hours for r in rs])
-        return ([label, f"{len(rs)} runs", "", "", "", "", "", si(s([r.tokens for r in rs])), "",
-                 si(s([r.flops for r in rs])), duration(s([r.hours for r in rs]))] + [""] * (len(head) - 12)
-                + ([f"{duration(left)} to run"] if any(r.done for r in rs) else [""]))
-
-    arms = list(dict.fromkeys(r.arm for r in rows))
-    sums = [total(f"{a} (sum)", [r for r in rows if r.arm == a]) for a in arms]
-    sums.append(total("all (sum)", rows))
-    cols = [max(len(x[i]) for x in [head] + lines + sums) for i in range(len(head))]
-
-    def fmt(cells):
-        return "  ".join(c.ljust(w) if i == 0 or i == len(cells) - 1 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, cols))).rstrip()
-    rule = "-" * len(fmt(head))
-    return "\n".join([fmt(head), rule] + [fmt(x) for x in lines] + [rule] + [fmt(x) for x in sums])
 
 
 def plan_rows(points: list, configs: dict[str, dict], costs: dict[tuple[str, int], Costs], budget: Budget | None,
@@ -403,7 +333,7 @@ def plan_rows(points: list, configs: dict[str, dict], costs: dict[tuple[str, int
         steps = ov.get("trainer.max_steps", (cfg.get("trainer") or {}).get("max_steps"))
         steps = steps if isinstance(steps, int) and steps > 0 else None
         tokens = None if steps is None else steps * step_tokens
-        hours = None if tokens is None else runduration(tokens, c.flops_per_token, devices, opts, p.width)
+        hours = None if tokens is None else run_hours(tokens, c.flops_per_token, devices, opts, p.width)
         per = c.params_nonembed if budget is not None and budget.params == "non_embedding" else c.params
         rows.append(Row(p.arm, p.width, p.seed, c, steps, tokens, per, hours, overrides=ov))
     return rows

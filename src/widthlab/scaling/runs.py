@@ -16,7 +16,8 @@ import yaml
 
 from widthlab import WidthlabError
 from widthlab.archive import run_settings, settings_differ
-from widthlab.plan import describe_rule, si
+from widthlab.plan import describe_rule
+from widthlab.plan_table import si
 from widthlab.scaling import events
 
 RECIPE_KEYS = ("data_source", "vocab_size", "n_layer", "seq_len")  # must agree for runs to share one curve
