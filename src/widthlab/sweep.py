@@ -42,7 +42,7 @@ from widthlab.callbacks.run_info import write_json_atomic
 from widthlab.launchers import ClusterOptions, check_engine, job_minutes, run_jobs, slot_env, start_fit
 from widthlab.plan import Budget, PlanOptions, describe_rule, plan_rows, resolve, with_overrides
 from widthlab.plan_table import table
-from widthlab.tuning import confirm_arms, expand_grids, expand_only
+from widthlab.tuning import ARM_NAME, confirm_arms, expand_grids, expand_only
 
 
 @dataclass
@@ -80,7 +80,7 @@ def plan(recipe: str, widths: list[int], seeds: list[int], arms: dict[str, dict[
     arms = arms or {"baseline": {}}
     # An arm is a directory name (runs/<sweep>/<arm>/...) and a TensorBoard run-name filter; <sweep>/submitit/
     # holds the job logs of the submitit launchers.
-    bad = [a for a in arms if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(a)) or a == "submitit"]
+    bad = [a for a in arms if not re.fullmatch(ARM_NAME, str(a)) or a == "submitit"]
     if bad:
         raise WidthlabError(f"arm names {bad} are not safe directory names; use letters, digits, '_', '-' or '.' "
                             "(starting with a letter or digit; 'submitit' is taken by the job logs)")

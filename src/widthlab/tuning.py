@@ -9,18 +9,17 @@ included (a list index is a path component):
 
 `expand_grids` turns it into one ordinary arm per value (the cartesian product over several knobs), named
 `signed_decay@gamma=-0.3` (`unitnorm@init_scale=3@lr=0.01` for two knobs): each has its own run directory, archive
-entry, HPARAMS row (columns idea and knobs) and compare arm. '@' and '=' are safe in a directory name, on a shell
-command line and in TensorBoard's run filter (a regex: `^signed_decay@` is one idea, `@gamma=-0.3/` one value).
+entry, HPARAMS row (columns idea and knobs) and compare arm. '@' and '=' are safe in a directory name, a shell
+command and TensorBoard's run filter (`^signed_decay@` is one idea, `@gamma=-0.3/` one value).
 
 Selection. A tuning sweep runs the grids on tuning seeds at a few widths; a confirmation sweep names its archive and
 a rule fixed before any run, `select: {from: docs/results/<tuning>, rule: mean_loss, widths: [8, 24]}`.
 `confirm_arms` picks each idea's value by that rule and returns the confirmation's arms: its own (the baseline)
-and each idea's winner under its sub-arm name, which then run on the confirmation's seeds at its widths. Those
-seeds must be fresh: under the null (no value better than the baseline) the winner's tuning runs look better
-than they are, by the selection alone, while runs on new seeds are independent of it, so the confirmation's
-paired t keeps its level (tests/test_selection.py measures both). The confirmation's sweep.json records the
-selection (values, tuning losses, winner, rule); a later call that would select differently is refused.
-compare refuses the tuning runs and shows the selection beside the confirmation's verdict (scaling/selection.py).
+and each idea's winner under its sub-arm name, run on the confirmation's seeds at its widths. Those seeds must be
+fresh: under the null (no value better than the baseline) a winner's tuning runs look better than they are, by the
+selection alone; runs on new seeds are independent of it, so the confirmation's paired t keeps its level
+(tests/test_selection.py measures both). The confirmation's sweep.json records the selection; a later call that
+would select differently is refused. compare refuses tuning runs and shows the selection (scaling/selection.py).
 """
 from __future__ import annotations
 
@@ -39,8 +38,9 @@ import yaml
 from widthlab import WidthlabError
 
 GRID = "grid"
-# A sub-arm's name: the arm's (letters, digits, '_', '-', '.'), then '@knob=value' per knob.
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@=+-]*")
+# An arm's name (letters, digits, '_', '-', '.'), a grid's sub-arm adds '@knob=value' per knob (a confirmation
+# sweep runs a winner under that name).
+ARM_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_.]+=[A-Za-z0-9_.+-]+)*"
 RULES = {"mean_loss": "the lowest mean {loss} over the tuning widths (each width's mean over its tuning seeds)"}
 _SELECT_KEYS = {"from", "rule", "widths", "loss", "tie", "baseline"}
 
@@ -177,7 +177,7 @@ def grid_points(arm: str, ov: dict, overrides: dict | None = None) -> list[tuple
         for k, v in knobs.items():
             set_knob(sub, k, copy.deepcopy(v), overrides or {}, f"arm {arm}")
         name = arm + "".join(f"@{short[k]}={fmt_value(v)}" for k, v in knobs.items())
-        if not _SAFE.fullmatch(name):
+        if not re.fullmatch(ARM_NAME, name):
             raise WidthlabError(f"arm {arm}: the grid value in {name!r} does not make a safe directory name; use "
                                 "numbers, true/false or words of letters, digits, '_', '-', '.'")
         out.append((name, knobs, sub))
@@ -280,11 +280,6 @@ def _cells(rows: list[dict], key: str) -> dict[tuple[str, int], dict[int, float]
     return out
 
 
-def _seeds(spec: dict) -> dict[str, list[int]]:
-    """arm → its seeds in a sweep.json (an arm's own seeds, else the sweep's)."""
-    return {a: list((ov or {}).get("seeds") or spec.get("seeds") or []) for a, ov in (spec.get("arms") or {}).items()}
-
-
 def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None  # strict JSON: a diverged value is null
 
@@ -366,8 +361,9 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     base = baseline_tuning(rule["baseline"], rule, fit_recipe, overrides or {}, own[base_name]) \
         if rule["baseline"] else None
     # Fresh seeds: a seed the selection saw would carry its noise into the verdict (for the baseline too).
-    tuned = {int(s) for ss in _seeds(tuning).values() for s in ss} | {int(r["seed"]) for r in rows}
-    tuned |= set(base["seeds"]) if base else set()
+    ideas_seeds = {int(s) for ov in tuning["arms"].values() for s in (ov or {}).get("seeds") or tuning.get("seeds")
+                   or []} | {int(r["seed"]) for r in rows}
+    tuned = ideas_seeds | (set(base["seeds"]) if base else set())
     mine = {int(s) for s in seeds} | {int(s) for ov in own.values() for s in ov.get("seeds") or []}
     if clash := sorted(tuned & mine):
         raise WidthlabError(f"confirmation seed(s) {clash} were tuning seeds ({src}"
@@ -402,9 +398,9 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     for idea, v in ideas.items():
         best = next(x for x in v["values"] if x["arm"] == v["winner"])
         notes.append(f"select: {idea} → {v['winner']} (mean {rule['loss']} {best['mean']:.4f} over d = "
-                     f"{rule['widths']}, {len(v['values'])} values" + (f"; tied with {len(v['tied']) - 1} other(s) "
-                     "within the tie margin: the one closest to the untuned value" if v["tied"] else "") + ")")
+                     f"{rule['widths']}, {len(v['values'])} values" + (f"; a tie with {len(v['tied']) - 1} other(s), "
+                     "broken toward the untuned value" if v["tied"] else "") + ")")
     record = {**rule, "tuning": {"recipe": tuning.get("recipe"), "overrides": tuning.get("overrides") or {},
-                                 "command": tuning.get("command"), "seeds": sorted(tuned)},
+                                 "command": tuning.get("command"), "seeds": sorted(ideas_seeds)},
               "baseline_tuning": base, "ideas": ideas}
     return Chosen({**own, **{v["winner"]: v["overrides"] for v in ideas.values()}}, record, notes)

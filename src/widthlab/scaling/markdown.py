@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from widthlab.scaling.runs import budget_lines
+from widthlab.scaling.selection import selection_lines
 
 _NA = {"est": float("nan"), "lo": float("nan"), "hi": float("nan")}
 
@@ -102,6 +103,7 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
               "interval is unadjusted). Per-width Δ tests below are descriptive; each kind of verdict is corrected "
               "over the arms, not across kinds.", ""]
     lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
+    lines += selection_lines(res.get("selection"))  # a confirmation sweep: what its tuned arms were chosen from
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]
     return "\n".join(lines) + "\n"
 

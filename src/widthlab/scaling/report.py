@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ from widthlab.scaling.interp import interpolated_equivalent
 from widthlab.scaling.markdown import fmt, interp_line, markdown
 from widthlab.scaling.runs import (arm_override_keys, check_recipe, flag_limited, load_runs, provenance,
                                    sweep_defaults)
+from widthlab.scaling.outputs import jsonable as _jsonable, write_atomic as _write_atomic
+from widthlab.scaling.selection import selections
 from widthlab.scaling.seedtests import compare_cell, holm, pooled_delta
 
 OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
@@ -63,6 +63,7 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
         The key numbers (also written to compare.json).
     """
     paths = [paths] if isinstance(paths, str) else list(paths)
+    chosen = selections(paths)  # a confirmation's selection, shown beside its verdict; tuning sweeps are refused
     if n_boot < 10:
         raise WidthlabError(f"--n_boot must be at least 10 (got {n_boot}); 1000 gives stable 95 % intervals")
     # Options given here win over (and are not merged from) the sweeps' compare sections.
@@ -141,6 +142,7 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
 
     result = _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap, max_epochs, max_rise,
                       include_limited, skipped)
+    result["selection"] = chosen
     result["provenance"] = {**provenance(paths, runs, short_sweep, short),
                             "compare_command": cli.INVOKED if (cli.INVOKED or "").startswith("python -m train compare")
                             else None}
@@ -393,24 +395,3 @@ def _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap,
     res["pooled"] = _pooled(d)
     res["verdict"] = _verdicts(d, boot, curve, res["pooled"])
     return res
-
-
-def _jsonable(x):
-    """Strict JSON: NaN -> null, ±inf -> "inf"/"-inf" (an infinite multiplier is a real answer)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return None if math.isnan(x) else ("inf" if x == math.inf else "-inf" if x == -math.inf else x)
-    if isinstance(x, (np.integer, np.bool_)):
-        return x.item()
-    return x
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

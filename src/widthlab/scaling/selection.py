@@ -1,0 +1,96 @@
+"""The selection behind a confirmation sweep, for `compare`: read from its sweep.json, shown beside the verdict.
+
+A tuning sweep (an arm with a grid:, widthlab.tuning) only selects values; its runs are never judged: the winner's
+tuning runs are biased toward "lowers" by the selection itself (tests/test_selection.py measures how much), so
+compare refuses them and judges the confirmation sweep, whose sweep.json records what was selected, from which
+values, by which rule. This module turns that record into report.md's Selection section.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from widthlab import WidthlabError
+from widthlab.tuning import GRID, RULES, fmt_value
+
+
+def _sweep_json(p: Path) -> dict:
+    f = (p.parent if p.is_file() else p) / "sweep.json"
+    try:
+        return dict(json.loads(f.read_text())) if f.is_file() else {}
+    except (ValueError, TypeError):
+        raise WidthlabError(f"{f} is not valid JSON; re-run the sweep command to rewrite it") from None
+
+
+def selections(paths: list[str]) -> list[dict]:
+    """The selection records (sweep.json's select) of the compared sweeps; a tuning sweep among them is refused."""
+    out = []
+    for p in map(Path, paths):
+        js = _sweep_json(p)
+        if any(isinstance(ov, dict) and GRID in ov for ov in (js.get("arms") or {}).values()):
+            raise WidthlabError(f"{p} is a tuning sweep (its arms have grids): its runs select values and are never "
+                                "judged; compare the confirmation sweep that selects from it (select: {from: "
+                                f"{p}, ...}}), whose report shows the tuning losses")
+        if isinstance(js.get("select"), dict):
+            out.append(js["select"])
+    return out
+
+
+def _loss(x) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) else "diverged"
+
+
+def _knobs(knobs: dict) -> str:
+    return ", ".join(f"{k} = {fmt_value(v)}" for k, v in knobs.items())
+
+
+def selection_lines(records: list[dict] | None) -> list[str]:
+    """report.md's Selection section: per idea every value tried with its tuning losses, the winner and the rule;
+    the baseline's own tuning (its LR scan) beside them."""
+    lines = []
+    for rec in records or []:
+        ws, ideas = rec.get("widths") or [], rec.get("ideas") or {}
+        tuning = rec.get("tuning") or {}
+        rule = RULES.get(rec.get("rule"), str(rec.get("rule"))).format(loss=f"`{rec.get('loss')}`")
+        lines += ["", "## Selection (tuning runs: shown, never judged)", "",
+                  f"Each tuned arm above is the value its idea's grid chose before these runs, by a rule fixed in the "
+                  f"confirmation recipe: {rule}, at d = {', '.join(map(str, ws))} on tuning seed(s) "
+                  f"{tuning.get('seeds')} of `{rec.get('from')}`"
+                  + (f"; values within {rec['tie']:g} nats of the lowest tie" if rec.get("tie") else "")
+                  + "; a tie goes to the value closest to the untuned one (|log ratio|), then to the first listed. "
+                  "The verdicts above use only this sweep's runs, on seeds the tuning never used: a winner's own "
+                  "tuning runs are biased toward *lowers* by the selection (tests/test_selection.py).", ""]
+        if tuning.get("command") or tuning.get("overrides"):
+            lines += [f"Tuning runs: fit recipe `{tuning.get('recipe')}` with {tuning.get('overrides')}, made by "
+                      f"`{tuning.get('command') or 'a command not recorded'}`.", ""]
+        lines += ["| idea | value | " + " | ".join(f"d = {w}" for w in ws) + " | mean | |",
+                  "|---|---|" + "---|" * len(ws) + "---|---|"]
+        for idea, v in ideas.items():
+            for i, x in enumerate(v.get("values") or []):
+                untuned = all(v.get("default", {}).get(k) == val for k, val in x["knobs"].items())
+                mark = ("**selected**" + (" (tie)" if v.get("tied") else "") if x["arm"] == v.get("winner") else
+                        "tied" if x["arm"] in (v.get("tied") or []) else "")
+                mark += (", " if mark else "") + "untuned value" if untuned else ""
+                lines.append(f"| {idea if i == 0 else ''} | {_knobs(x['knobs'])} | "
+                             + " | ".join(_loss(y) for y in x["loss"]) + f" | {_loss(x['mean'])} | {mark} |")
+        lines += _baseline(rec.get("baseline_tuning"))
+    return lines
+
+
+def _baseline(b: dict | None) -> list[str]:
+    """The baseline's tuning budget: its scan's values, per-width losses and the value it runs with."""
+    if not b:
+        return ["", "The baseline's settings were not tuned by a recorded scan (select.baseline not given)."]
+    ws = b.get("widths") or []
+    lines = ["", f"The baseline's own tuning, `{b.get('from')}`: {len(b.get('arms') or {})} values at d = "
+             f"{', '.join(map(str, ws))} on seed(s) {b.get('seeds')}"
+             + (f", {b['steps']} steps" if b.get("steps") else "") + "; the baseline runs with the marked one.", "",
+             "| scan arm | settings | " + " | ".join(f"d = {w}" for w in ws) + " | mean | |",
+             "|---|---|" + "---|" * len(ws) + "---|---|"]
+    for a, ov in (b.get("arms") or {}).items():
+        loss = (b.get("loss") or {}).get(a) or []
+        ok = [y for y in loss if isinstance(y, (int, float))]
+        mean = sum(ok) / len(ok) if ok and len(ok) == len(loss) else None
+        lines.append(f"| {a} | {_knobs(ov)} | " + " | ".join(_loss(y) for y in loss)
+                     + f" | {_loss(mean)} | {'**the baseline**' if a == b.get('used') else ''} |")
+    return lines

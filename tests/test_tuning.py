@@ -1,0 +1,217 @@
+"""Grids over an arm's knobs and the tuning protocol (widthlab.tuning): sub-arm names and overrides, the selection
+rule and its tie-break, fresh seeds, a selection that stays fixed, and a tiny tuning → confirmation → compare run
+end to end with real fits."""
+import csv
+import json
+import os
+import shutil
+
+import pytest
+
+from widthlab import WidthlabError
+from widthlab.scaling.report import compare
+from widthlab.sweep import plan, sweep
+from widthlab.tuning import (baseline_tuning, choose, confirm_arms, expand_grids, expand_only, short_names,
+                             split_arm)
+
+DECAY = {"class_path": "widthlab.interventions.signed_decay.SignedRowDecay", "init_args": {"gamma": -1.0}}
+ZLOSS = {"class_path": "widthlab.interventions.logits.ZLoss", "init_args": {"coef": 1e-4}}
+
+
+def test_grid_expands_into_named_sub_arms_with_the_value_in_place():
+    arms = {"baseline": {},
+            "signed_decay": {"seeds": [10], "model.interventions": [DECAY],
+                             "grid": {"model.interventions.0.init_args.gamma": [-0.1, -0.3, -1.0, -3.0]}},
+            "unitnorm": {"model.interventions": [{"class_path": "U", "init_args": {"matrices": ["unembed"]}}],
+                         "grid": {"model.interventions.0.init_args.init_scale": [0.3, 3.0],
+                                  "model.lr": [3e-3, 1e-2]}}}
+    got = expand_grids(arms, {})
+    assert list(got) == ["baseline", "signed_decay@gamma=-0.1", "signed_decay@gamma=-0.3", "signed_decay@gamma=-1",
+                         "signed_decay@gamma=-3", "unitnorm@init_scale=0.3@lr=0.003", "unitnorm@init_scale=0.3@lr=0.01",
+                         "unitnorm@init_scale=3@lr=0.003", "unitnorm@init_scale=3@lr=0.01"]
+    assert got["signed_decay@gamma=-0.3"] == {"seeds": [10], "model.interventions": [
+        {**DECAY, "init_args": {"gamma": -0.3}}]}
+    # a knob that no override holds becomes one (model.lr); one inside a list keeps its siblings (matrices)
+    assert got["unitnorm@init_scale=3@lr=0.01"] == {"model.lr": 0.01, "model.interventions": [
+        {"class_path": "U", "init_args": {"matrices": ["unembed"], "init_scale": 3.0}}]}
+    assert arms["signed_decay"]["model.interventions"] == [DECAY]  # the recipe's dicts (sweep.json) as given
+    assert split_arm("unitnorm@init_scale=3@lr=0.01") == ("unitnorm", {"init_scale": "3", "lr": "0.01"})
+    assert expand_only(["signed_decay", "baseline"], list(got)) == list(got)[1:5] + ["baseline"]
+    assert short_names(["model.interventions.0.init_args.weight", "model.interventions.1.init_args.weight"]) == {
+        "model.interventions.0.init_args.weight": "interventions.0.init_args.weight",  # unique, not at an index
+        "model.interventions.1.init_args.weight": "interventions.1.init_args.weight"}
+    # a knob inside an intervention the sweep's overrides give (not the arm) is copied into the arm
+    sweep_ov = {"model.interventions": [ZLOSS]}
+    got = expand_grids({"z": {"grid": {"model.interventions.0.init_args.coef": [1e-3]}}}, sweep_ov)
+    assert got == {"z@coef=0.001": {"model.interventions": [{**ZLOSS, "init_args": {"coef": 1e-3}}]}}
+    assert sweep_ov["model.interventions"][0]["init_args"]["coef"] == 1e-4
+
+
+@pytest.mark.parametrize("grid, match", [
+    ({"model.interventions.1.init_args.gamma": [1.0]}, "not an index of a list of 1"),
+    ({"model.lr": [1e-3, 1e-3]}, "lists a value twice"),
+    ({"model.lr": [1.0000001e-3, 1e-3]}, "two grid values give the arm name"),
+    ({"model.lr": []}, "non-empty list"),
+    ({"data.source": ["text:a b"]}, "safe directory name"),
+])
+def test_bad_grids_are_one_line_errors(grid, match):
+    with pytest.raises(WidthlabError, match=match):
+        expand_grids({"a": {"model.interventions": [DECAY], "grid": grid}}, {})
+
+
+def test_plan_runs_each_value_as_its_own_arm(tmp_path):
+    arms = {"decay": {"model.interventions": [DECAY], "grid": {"model.interventions.0.init_args.gamma": [-0.3, -3.0]}}}
+    points = plan("recipes/ptb_id.yaml", [8, 16], [10], arms, {}, str(tmp_path))
+    assert [(p.arm, p.width) for p in points] == [(a, w) for a in ("decay@gamma=-0.3", "decay@gamma=-3")
+                                                  for w in (8, 16)]
+    p = points[-1]
+    assert p.run_dir == os.path.join(str(tmp_path), "decay@gamma=-3", "d16", "s10")
+    assert json.loads(p.args[p.args.index("--model.interventions") + 1])[0]["init_args"] == {"gamma": -3.0}
+    assert "--grid" not in p.args and p.args[p.args.index("--arm") + 1] == "decay@gamma=-3"
+
+
+def test_rule_takes_the_lowest_mean_and_breaks_ties_toward_the_untuned_value():
+    assert choose([4.2, 4.1, 4.3], [0, 1, 2]) == (1, [1])
+    assert choose([4.1, float("inf"), 4.1], [1.2, 0, 0.0]) == (2, [0, 2])  # tie: the closest to the default
+    assert choose([4.1, 4.1005, 4.3], [2, 0, 1], tie=0.001) == (1, [0, 1])  # a stated tie margin
+    with pytest.raises(ValueError):
+        choose([float("inf")] * 2, [0, 0])
+
+
+def write_archive(path, arms: dict, widths, seeds, loss) -> str:
+    """A tuning archive as a sweep leaves it: sweep.json and results.csv (loss(arm, width, seed) → val_loss_best)."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "sweep.json"), "w") as f:
+        json.dump({"name": "t", "recipe": "recipes/ptb_id.yaml", "widths": widths, "seeds": seeds, "arms": arms,
+                   "overrides": {"trainer.max_steps": 1780}, "command": "python -m train sweep --config t.yaml"}, f)
+    names = expand_grids(arms, {})
+    with open(os.path.join(path, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, ["arm", "seed", "d_model", "val_loss_best", "status"])
+        w.writeheader()
+        for a, ov in names.items():
+            for d in widths:
+                for s in ov.get("seeds", seeds):
+                    if (x := loss(a, d, s)) is not None:
+                        w.writerow({"arm": a, "seed": s, "d_model": d, "val_loss_best": x, "status": "ok"})
+    return str(path)
+
+
+GAMMAS = [-0.1, -0.3, -1.0, -3.0]
+TUNE_ARMS = {"decay": {"model.interventions": [DECAY], "grid": {"model.interventions.0.init_args.gamma": GAMMAS}},
+             "z": {"model.interventions": [ZLOSS], "grid": {"model.interventions.0.init_args.coef": [1e-5, 1e-3]}}}
+
+
+def test_confirmation_selects_per_idea_and_refuses_tuning_seeds(tmp_path):
+    # decay: -0.3 lowest; z: both values tie exactly, so the one nearer today's 1e-4 in log terms wins... they are
+    # equally far (one decade each way): then the first listed.
+    loss = lambda a, d, s: {"decay@gamma=-0.3": 4.0}.get(a, 4.2) + 0.01 * d  # noqa: E731
+    src = write_archive(tmp_path / "tune", TUNE_ARMS, [8, 24], [10], loss)
+    sel = {"from": src, "rule": "mean_loss", "widths": [8, 24]}
+    got = confirm_arms(sel, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {})
+    assert list(got.arms) == ["baseline", "decay@gamma=-0.3", "z@coef=1e-05"]
+    assert got.arms["decay@gamma=-0.3"] == {"model.interventions": [{**DECAY, "init_args": {"gamma": -0.3}}]}
+    rec = got.record["ideas"]["decay"]
+    assert rec["default"] == {"gamma": -1.0} and [v["knobs"]["gamma"] for v in rec["values"]] == GAMMAS
+    assert rec["values"][1]["loss"] == pytest.approx([4.08, 4.24]) and rec["values"][1]["mean"] == pytest.approx(4.16)
+    assert got.record["ideas"]["z"]["tied"] == ["z@coef=1e-05", "z@coef=0.001"]
+    assert got.record["tuning"]["seeds"] == [10]
+    with pytest.raises(WidthlabError, match=r"confirmation seed\(s\) \[10\] were tuning seeds"):
+        confirm_arms(sel, {"baseline": {}}, [10, 20], "recipes/ptb_id.yaml", {})
+    with pytest.raises(WidthlabError, match=r"confirmation seed\(s\) \[10\]"):  # an arm's own seeds count too
+        confirm_arms(sel, {"baseline": {"seeds": [10, 20]}}, [20], "recipes/ptb_id.yaml", {})
+    with pytest.raises(WidthlabError, match="select.widths \\[16\\] were not tuning widths"):
+        confirm_arms({**sel, "widths": [16]}, {}, [20], "recipes/ptb_id.yaml", {})
+    with pytest.raises(WidthlabError, match="grids belong in the tuning sweep"):
+        confirm_arms(sel, {"x": TUNE_ARMS["z"]}, [20], "recipes/ptb_id.yaml", {})
+    with pytest.raises(WidthlabError, match="unknown key"):
+        confirm_arms({**sel, "rules": "x"}, {}, [20], "recipes/ptb_id.yaml", {})
+
+
+def test_tie_goes_to_the_value_closest_to_the_untuned_one(tmp_path):
+    flat = write_archive(tmp_path / "flat", TUNE_ARMS, [8], [10], lambda a, d, s: 4.0)
+    got = confirm_arms({"from": flat}, {}, [20], "recipes/ptb_id.yaml", {})
+    assert got.record["ideas"]["decay"]["winner"] == "decay@gamma=-1"  # today's value, of four equal ones
+    assert "a tie with 3 other(s)" in "\n".join(got.notes)
+
+
+def test_incomplete_tuning_waits_and_a_recorded_selection_is_kept(tmp_path):
+    # z has one run missing: only decay is selected; nothing at all: the one-line "nothing to select yet"
+    missing = lambda a, d, s: None if a == "z@coef=0.001" else (3.9 if a == "decay@gamma=-3" else 4.0)  # noqa: E731
+    src = write_archive(tmp_path / "tune", TUNE_ARMS, [8], [10], missing)
+    got = confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {})
+    assert list(got.arms) == ["baseline", "decay@gamma=-3"]
+    assert any("z not selected yet (1 tuning run(s) missing" in n for n in got.notes)
+    with pytest.raises(WidthlabError, match="^nothing to select yet: run the tuning sweep first"):
+        confirm_arms({"from": str(tmp_path / "empty")}, {}, [20], "recipes/ptb_id.yaml", {})
+    # Recorded, then the tuning data change under it: refused; the rule changed: refused.
+    write_archive(tmp_path / "tune", TUNE_ARMS, [8], [10], lambda a, d, s: 3.0 if a == "decay@gamma=-0.1" else 4.0)
+    with pytest.raises(WidthlabError, match="winner in .* is now decay@gamma=-0.1, but this sweep recorded "
+                                            "decay@gamma=-3"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=got.record)
+    with pytest.raises(WidthlabError, match="select.loss is 'val_loss', but this sweep recorded"):
+        confirm_arms({"from": src, "loss": "val_loss"}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=got.record)
+
+
+def test_the_baselines_lr_scan_is_its_tuning(tmp_path):
+    # The committed stage-0 scan: four LRs at d = 8, 32, 128 on seed 0; recipes/ptb_id.yaml runs with 1e-2.
+    b = baseline_tuning("docs/results/ptb_id_lr_scan", {"loss": "val_loss_best"}, {"model": {"lr": 1.0e-2}}, {}, {})
+    assert b["used"] == "lr1e-2" and b["widths"] == [8, 32, 128] and b["seeds"] == [0] and b["steps"] == 712
+    assert b["loss"]["lr1e-2"][1] == pytest.approx(4.18971586227417)
+    with pytest.raises(WidthlabError, match=r"confirmation seed\(s\) \[0\] were tuning seeds"):
+        confirm_arms({"from": write_archive(tmp_path / "t", TUNE_ARMS, [8], [10], lambda a, d, s: 4.0),
+                      "baseline": "docs/results/ptb_id_lr_scan"}, {}, [0], "recipes/ptb_id.yaml", {})
+
+
+# ------------------------------------------------------------------------------------------ end to end, real fits
+
+@pytest.fixture()
+def env(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two fits side by side on a 2-core box, one thread each
+
+
+def tiny(cache) -> dict:
+    return {"trainer.max_steps": 2, "trainer.val_check_interval": 2, "trainer.log_every_n_steps": 1,
+            "trainer.enable_model_summary": "false", "model.n_layer": 1, "model.warmup_steps": 1,
+            "data.vocab_size": 512, "data.seq_len": 32, "data.batch_size": 4, "data.max_eval_tokens": 500,
+            "data.cache_dir": str(cache), "overlap.every_n_steps": 2, "perf.every_n_steps": 2}
+
+
+def test_tune_then_confirm_then_compare(env, tmp_path, cache_dir, capsys):
+    out, docs = tmp_path / "runs", tmp_path / "docs" / "results"
+    kw = dict(recipe="recipes/ptb_id.yaml", out_dir=str(out), overrides=tiny(cache_dir), devices=2)
+    arms = {"zloss": {"model.interventions": [ZLOSS], "grid": {"model.interventions.0.init_args.coef": [1e-4, 3.0]}}}
+    sweep(widths=[8], seeds=[10], arms=arms, name="tune", archive=str(docs / "tune"), **kw)
+    with open(docs / "tune" / "results.csv") as f:
+        tuned = {r["arm"]: float(r["val_loss_best"]) for r in csv.DictReader(f)}
+    assert sorted(tuned) == ["zloss@coef=0.0001", "zloss@coef=3"]
+    cfg = (docs / "tune" / "runs" / "zloss@coef=3" / "d8" / "s10" / "config.yaml").read_text()
+    assert "coef: 3.0" in cfg  # the knob reached the fit
+    with pytest.raises(WidthlabError, match="is a tuning sweep"):
+        compare(str(docs / "tune"))
+
+    confirm = dict(widths=[8, 16, 24], seeds=[20, 21], arms={"baseline": {}}, name="confirm",
+                   archive=str(docs / "confirm"), select={"from": str(docs / "tune"), "widths": [8]}, **kw)
+    with pytest.raises(WidthlabError, match="were tuning seeds"):
+        sweep(**{**confirm, "seeds": [10, 20]})
+    sweep(**confirm)
+    winner = min(tuned, key=tuned.get)
+    js = json.loads((docs / "confirm" / "sweep.json").read_text())
+    assert js["select"]["ideas"]["zloss"]["winner"] == winner and set(js["arms"]) == {"baseline", winner}
+    with open(docs / "confirm" / "results.csv") as f:
+        got = sorted((r["arm"], int(r["d_model"]), int(r["seed"])) for r in csv.DictReader(f))
+    assert got == sorted((a, w, s) for a in ("baseline", winner) for w in (8, 16, 24) for s in (20, 21))
+
+    # A fresh clone (no runs/): the same confirmation, from the archives, trains nothing.
+    shutil.rmtree(out)
+    capsys.readouterr()
+    sweep(**confirm)
+    assert "12 runs, 12 already finished" in capsys.readouterr().out
+
+    res = compare(str(docs / "confirm"), n_boot=50, include_limited=True, out=str(tmp_path / "report"))
+    assert list(res["pooled"]) == [winner] and res["pooled"][winner]["seeds"] == [20, 21]  # confirmation runs only
+    assert res["selection"][0]["ideas"]["zloss"]["winner"] == winner
+    md = (tmp_path / "report" / "report.md").read_text()
+    sel = md[md.index("## Selection"):]
+    assert md.index("## Verdict") < md.index("## Selection") < md.index("## Figures")
+    assert "coef = 0.0001" in sel and "coef = 3" in sel and "**selected**" in sel and "untuned value" in sel
+    assert f"{tuned[winner]:.4f}" in sel
