@@ -4,12 +4,17 @@ No GPU had ever run this code, and its first GPU step would have crashed (fused 
 clipping), in a branch no test took. Here the same branches run on the CPU: fused AdamW and bf16 autocast run there.
 """
 import json
+import os
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from helpers import tiny_args
 
+from widthlab import WidthlabError
+from widthlab.archive import archive_dir, check_archive
 from widthlab.lightning_cli import run_lightning_cli
 from widthlab.module import LitGPT
 
@@ -52,6 +57,10 @@ def test_fused_adamw_bf16_mixed_and_clipping_train_through_lightning(tmp_path, c
     assert probe.norms == [pytest.approx(CLIP, rel=1e-4)] * 3
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["status"] == "ok" and m["steps"] == 3
+    # what ran, resolved: precision, devices, and the global batch (4 sequences × 1 × 1 device, of 32 tokens)
+    assert (m["precision"], m["devices"], m["global_batch"], m["global_batch_tokens"]) == ("bf16-mixed", 1, 4, 128)
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert (env["precision"], env["fused_adamw"], env["compile"]) == ("bf16-mixed", True, False)
 
 
 def test_without_widthlabs_clip_lightning_refuses_this_combination(tmp_path, cache_dir, monkeypatch):
@@ -66,6 +75,9 @@ def test_fused_fp32_clips_like_lightning(tmp_path, cache_dir):
     _, probe = _fit(tmp_path / "run", cache_dir, 2, ["--model.fused", "true", "--trainer.gradient_clip_val", str(CLIP)])
     assert (probe.fused, probe.plugin, probe.dtype) == (True, "Precision", torch.float32)
     assert probe.norms == [pytest.approx(CLIP, rel=1e-4)] * 2
+    # the recipe says precision: null; config.yaml records what the fit resolved it to on this CPU
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["trainer"]["precision"] == "32-true"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "32-true"
 
 
 def _keys(path) -> set[str]:
@@ -89,3 +101,58 @@ def test_a_compiled_checkpoint_loads_without_compile_and_the_reverse(tmp_path, c
                                                      "--ckpt_path", "last"]))
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert _keys(root / "checkpoints" / "last.ckpt") == set(ck["state_dict"])
+
+
+def _archived(archive, trainer: dict, metrics: dict, batch: int = 4):
+    """One archived point (baseline d=32 s0) with this trainer config and these recorded metrics."""
+    d = archive_dir(str(archive), "baseline", 32, 0)
+    os.makedirs(d)
+    cfg = {"model": {"d_model": 32, "lr": 0.003}, "data": {"batch_size": batch, "seq_len": 32},
+           "trainer": {"max_steps": 6, "accumulate_grad_batches": 1, **trainer}}
+    with open(os.path.join(d, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f)
+    with open(os.path.join(d, "metrics.json"), "w") as f:
+        json.dump({"status": "ok", "steps": 6, "seq_len": 32, "tokens": 6 * 32 * batch, **metrics}, f)
+    return cfg
+
+
+def _check(archive, cfg, **kw):
+    point = SimpleNamespace(arm="baseline", width=32, seed=0, run_dir=str(archive / "elsewhere"))
+    return check_archive(str(archive), [point], {"baseline": cfg}, **kw)
+
+
+def test_archives_refuse_a_precision_mismatch(tmp_path):
+    # A point archived before fits recorded their precision: config.yaml says null, metrics.json nothing. Every
+    # such run that finished trained on a CPU (the GPU path crashed at its first step), so it is 32-true.
+    legacy = _archived(tmp_path / "a", {"precision": None, "devices": "auto"}, {})
+    assert _check(tmp_path / "a", legacy, cuda=False) == 1  # a CPU sweep: the same point
+    with pytest.raises(WidthlabError, match=r"trainer\.precision='32-true', but this sweep would use "
+                                            r"trainer\.precision='bf16-mixed'; give this sweep its own name"):
+        _check(tmp_path / "a", legacy, cuda=True)  # the same recipe on a GPU resolves null to bf16-mixed
+    # ... unless the recipe pins the precision the archive was made at (spelled any of Lightning's ways)
+    assert _check(tmp_path / "a", {**legacy, "trainer": {**legacy["trainer"], "precision": 32}}, cuda=True) == 1
+    # A GPU point records its precision; a CPU sweep of the same recipe is refused.
+    gpu = _archived(tmp_path / "b", {"precision": "bf16-mixed"}, {"precision": "bf16-mixed", "global_batch": 4})
+    with pytest.raises(WidthlabError, match=r"precision='bf16-mixed', but this sweep would use trainer\.precision"
+                                            r"='32-true'"):
+        _check(tmp_path / "b", {**gpu, "trainer": {**gpu["trainer"], "precision": None}}, cuda=False)
+    assert _check(tmp_path / "b", gpu, cuda=False) == 1  # pinned bf16-mixed: the same on any machine
+
+
+def test_archives_refuse_a_global_batch_mismatch(tmp_path):
+    # Trained on 2 devices × batch 4: a global batch of 8 sequences, recorded in its metrics.json.
+    two = _archived(tmp_path / "a", {"devices": 2}, {"precision": "32-true", "devices": 2, "global_batch": 8})
+    assert _check(tmp_path / "a", two, cuda=False) == 1
+    one = {**two, "trainer": {**two["trainer"], "devices": "auto"}}  # auto: one device per sweep point
+    with pytest.raises(WidthlabError, match=r"global_batch=8, but this sweep would use global_batch=4; .* or change "
+                                            r"data\.batch_size, trainer\.accumulate_grad_batches or trainer\.devices"):
+        _check(tmp_path / "a", one, cuda=False)
+    # the same global batch another way (batch 8 on one device) differs in data.batch_size, which is refused too
+    with pytest.raises(WidthlabError, match=r"data\.batch_size=4, but this sweep would use data\.batch_size=8"):
+        _check(tmp_path / "a", {**one, "data": {**one["data"], "batch_size": 8}}, cuda=False)
+    assert _check(tmp_path / "a", one, cuda=False, devices_per_point=2) == 1  # a launcher giving 2 GPUs per point
+    # A legacy point (no global_batch recorded) has it from its tokens: 6 steps × 32 tokens × 4 = batch 4.
+    legacy = _archived(tmp_path / "b", {"devices": "auto"}, {})
+    assert _check(tmp_path / "b", legacy, cuda=False) == 1
+    with pytest.raises(WidthlabError, match=r"global_batch=4, but this sweep would use global_batch=8"):
+        _check(tmp_path / "b", {**legacy, "trainer": {**legacy["trainer"], "accumulate_grad_batches": 2}}, cuda=False)

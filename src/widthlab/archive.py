@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from widthlab import WidthlabError
+from widthlab.device import LEGACY_PRECISION, default_precision, unified_precision
 
 # What decides a run's result, besides the point itself (arm, d_model, seed): every model.* and data.* setting but
 # the ones below, the training-length and optimisation settings of the trainer, and a custom optimizer/scheduler.
@@ -22,8 +23,13 @@ from widthlab import WidthlabError
 _TRAINER_KEYS = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
                  "precision", "val_check_interval", "check_val_every_n_epoch", "limit_train_batches",
                  "limit_val_batches", "overfit_batches")
-_IGNORED = ("model.d_model", "model.compile", "data.seed", "data.cache_dir", "data.num_workers",
+_IGNORED = ("model.d_model", "model.compile", "model.fused", "data.seed", "data.cache_dir", "data.num_workers",
             "data.eval_batch_size")
+# Two settings are compared as resolved, not as spelled: trainer.precision (null = what the device chose) and the
+# global batch (data.batch_size × trainer.accumulate_grad_batches × devices × nodes), since a run's devices are
+# placement settings otherwise. How each side resolves them is in run_settings and check_archive.
+GLOBAL_BATCH = "global_batch"
+_GLOBAL_BATCH_FIX = "data.batch_size, trainer.accumulate_grad_batches or trainer.devices"
 
 
 def _flatten(x: Any, prefix: str) -> dict[str, Any]:
@@ -34,13 +40,50 @@ def _flatten(x: Any, prefix: str) -> dict[str, Any]:
     return {prefix: None if x in ([], {}) else x}
 
 
-def run_settings(config: dict) -> dict[str, Any]:
+def device_count(trainer: dict, auto: int = 1) -> int:
+    """Devices × nodes of a trainer config; `auto` (or -1) counts as `auto` devices: what each sweep point gets
+    (one GPU per point, or one CPU process; a SLURM launcher's gpus_per_run)."""
+    d = trainer.get("devices", "auto")
+    if isinstance(d, (list, tuple)):
+        n = len(d)
+    elif isinstance(d, str) and "," in d:
+        n = len([x for x in d.split(",") if x.strip()])
+    elif isinstance(d, int) or (isinstance(d, str) and d.strip().isdigit()):
+        n = int(d) if int(d) >= 0 else auto
+    else:
+        n = auto
+    return n * int(trainer.get("num_nodes") or 1)
+
+
+def run_settings(config: dict, precision_default: str = LEGACY_PRECISION, auto_devices: int = 1) -> dict[str, Any]:
     """The settings of a resolved run config (config.yaml, or `fit --print_config`) that decide its result, as
-    {dotted key: value}, lists and interventions flattened (model.interventions.0.init_args.coef)."""
+    {dotted key: value}, lists and interventions flattened (model.interventions.0.init_args.coef).
+
+    trainer.precision is the resolved one (null → precision_default: a config.yaml saved before fits recorded their
+    resolved precision says null, and every such run that finished trained on a CPU, at 32-true); global_batch is
+    sequences per optimizer step over all devices (auto devices → auto_devices)."""
+    trainer = config.get("trainer") or {}
     flat = {**_flatten(config.get("model") or {}, "model"), **_flatten(config.get("data") or {}, "data"),
-            **{f"trainer.{k}": (config.get("trainer") or {}).get(k) for k in _TRAINER_KEYS},
+            **{f"trainer.{k}": trainer.get(k) for k in _TRAINER_KEYS},
             **_flatten(config.get("optimizer"), "optimizer"), **_flatten(config.get("lr_scheduler"), "lr_scheduler")}
+    flat["trainer.precision"] = unified_precision(trainer.get("precision"), precision_default)
+    batch = (config.get("data") or {}).get("batch_size")
+    flat[GLOBAL_BATCH] = (batch * int(trainer.get("accumulate_grad_batches") or 1) * device_count(trainer, auto_devices)
+                          if isinstance(batch, int) else None)
     return {k: v for k, v in flat.items() if k not in _IGNORED}
+
+
+def recorded_settings(metrics: dict) -> dict[str, Any]:
+    """What a run's metrics.json records of the two resolved settings (runs made since it does): its precision,
+    and its global batch (recorded, else tokens / (steps × seq_len), which every metrics.json holds)."""
+    out: dict[str, Any] = {}
+    if metrics.get("precision") is not None:
+        out["trainer.precision"] = unified_precision(metrics["precision"], LEGACY_PRECISION)
+    if metrics.get(GLOBAL_BATCH) is not None:
+        out[GLOBAL_BATCH] = metrics[GLOBAL_BATCH]
+    elif metrics.get("steps") and metrics.get("seq_len") and metrics.get("tokens") is not None:
+        out[GLOBAL_BATCH] = int(metrics["tokens"]) // (int(metrics["steps"]) * int(metrics["seq_len"]))
+    return out
 
 
 def settings_differ(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, Any, Any] | None:
@@ -133,15 +176,19 @@ def _classes(interventions: Any) -> list[str]:
     return sorted(out)
 
 
-def recorded_differ(metrics: dict, config: dict) -> tuple[str, Any, Any] | None:
+def recorded_differ(metrics: dict, flat: dict[str, Any], config: dict) -> tuple[str, Any, Any] | None:
     """For a point restored without its config.yaml: the first setting its metrics record (layers, vocabulary,
-    context, steps of a finished run, intervention classes) that differs from the resolved config, or None."""
-    flat = run_settings(config)
+    context, steps of a finished run, precision (none recorded: a CPU run, 32-true), global batch, intervention
+    classes) that differs from the new point's run_settings `flat` (of its resolved `config`), or None."""
     for col, key in _RECORDED.items():
         if col == "steps" and metrics.get("status") != "ok":
             continue  # a diverged run stopped early
         if metrics.get(col) is not None and key in flat and metrics[col] != flat[key]:
             return key, metrics[col], flat[key]
+    got = {"trainer.precision": LEGACY_PRECISION, **recorded_settings(metrics)}
+    for key in ("trainer.precision", GLOBAL_BATCH):
+        if got.get(key) is not None and flat.get(key) is not None and got[key] != flat[key]:
+            return key, got[key], flat[key]
     old, new = _classes(metrics.get("interventions")), _classes((config.get("model") or {}).get("interventions"))
     return None if old == new else ("model.interventions", old, new)
 
@@ -155,11 +202,19 @@ def read_metrics(run_dir: str) -> dict:
         return {}
 
 
-def check_archive(archive: str, points: list, configs: dict[str, dict]) -> int:
+def check_archive(archive: str, points: list, configs: dict[str, dict], cuda: bool | None = None,
+                  devices_per_point: int = 1) -> int:
     """Refuse (WidthlabError) if a finished point, archived or in the sweep dir about to be archived, was trained
-    with other settings than this sweep's; returns how many of the points are in the archive."""
+    with other settings than this sweep's; returns how many of the points are in the archive.
+
+    The new points' precision, when their config leaves it null, is what a fit picks where they will train (`cuda`:
+    on a GPU; default: whether this machine has one), and `auto` devices count as devices_per_point. An archived
+    point's own metrics.json says what it ran at (precision, global batch); without them its config.yaml does."""
     n = 0
     for p in points:
+        cfg = configs[p.arm]
+        new = run_settings(cfg, default_precision((cfg.get("trainer") or {}).get("accelerator"), cuda),
+                           devices_per_point)
         src = archive_dir(archive, p.arm, p.width, p.seed)
         if os.path.isfile(os.path.join(src, "metrics.json")):
             n += 1
@@ -168,17 +223,20 @@ def check_archive(archive: str, points: list, configs: dict[str, dict]) -> int:
         else:
             src = p.run_dir
         fn = os.path.join(src, "config.yaml")
-        if not os.path.isfile(fn) and RESTORED in (m := read_metrics(src)):
-            diff = recorded_differ(m, configs[p.arm])  # only what its metrics record can be checked
+        m = read_metrics(src)
+        if not os.path.isfile(fn) and RESTORED in m:
+            diff = recorded_differ(m, new, cfg)  # only what its metrics record can be checked
         elif not os.path.isfile(fn):
             raise WidthlabError(f"{fn} is missing, so {p.arm} d={p.width} s{p.seed} cannot be checked against this "
                                 "sweep; restore it, or delete that run directory to train the point again")
         else:
             with open(fn) as f:
-                diff = settings_differ(run_settings(yaml.safe_load(f) or {}), run_settings(configs[p.arm]))
+                old = {**run_settings(yaml.safe_load(f) or {}), **recorded_settings(m)}
+            diff = settings_differ(old, new)
         if diff is not None:
-            k, old, new = diff
-            raise WidthlabError(f"{src} ({p.arm} d={p.width} s{p.seed}) was trained with {k}={old!r}, but this sweep "
-                                f"would use {k}={new!r}; give this sweep its own name and archive, or set {k} back "
-                                f"to {old!r}")
+            k, was, now = diff
+            fix = (f"change {_GLOBAL_BATCH_FIX} so that it is {was!r} again" if k == GLOBAL_BATCH
+                   else f"set {k} back to {was!r}")
+            raise WidthlabError(f"{src} ({p.arm} d={p.width} s{p.seed}) was trained with {k}={was!r}, but this sweep "
+                                f"would use {k}={now!r}; give this sweep its own name and archive, or {fix}")
     return n

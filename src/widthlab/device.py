@@ -17,15 +17,17 @@ _ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-t
 LEGACY_PRECISION = "32-true"
 
 
-def trains_on_cuda(accelerator: str | None = "auto") -> bool:
-    """Will a fit with this `trainer.accelerator` train on a CUDA GPU? (auto/gpu/cuda and a GPU is visible)."""
-    return str(accelerator or "auto").lower() in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+def trains_on_cuda(accelerator: str | None = "auto", cuda: bool | None = None) -> bool:
+    """Will a fit with this `trainer.accelerator` train on a CUDA GPU? auto/gpu/cuda where one is there (`cuda`;
+    default: whether this machine sees one)."""
+    there = torch.cuda.is_available() if cuda is None else cuda
+    return str(accelerator or "auto").lower() in ("auto", "gpu", "cuda") and there
 
 
-def default_precision(accelerator: str | None = "auto") -> str:
+def default_precision(accelerator: str | None = "auto", cuda: bool | None = None) -> str:
     """The precision of a fit whose recipe leaves it null: bf16-mixed on a CUDA GPU (tensor cores, no loss scaling
     needed), 32-true elsewhere (bf16 autocast on a CPU is slower than fp32)."""
-    return "bf16-mixed" if trains_on_cuda(accelerator) else "32-true"
+    return "bf16-mixed" if trains_on_cuda(accelerator, cuda) else "32-true"
 
 
 def unified_precision(precision: str | int | None, default: str) -> str:

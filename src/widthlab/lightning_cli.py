@@ -15,7 +15,6 @@ import warnings
 import zipfile
 from typing import Optional
 
-import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -29,6 +28,7 @@ from widthlab.callbacks.perf import PerfMonitor
 from widthlab.callbacks.run_info import RunRecorder
 from widthlab.callbacks.summary import FitSummary
 from widthlab.data import TokenDataModule
+from widthlab.device import default_precision
 from widthlab.errors import one_line_parse_error
 from widthlab.module import LitGPT
 
@@ -58,8 +58,9 @@ class WidthlabCLI(LightningCLI):
         root = self._get(self.config_init, "trainer.default_root_dir") or "runs/default"
         if kwargs.get("logger") in (None, True) and self._get(self.config_init, "trainer.logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="", default_hp_metric=False)
-        if self._get(self.config_init, "trainer.precision") is None and torch.cuda.is_available():
-            kwargs["precision"] = "bf16-mixed"  # the GPU fast path; CPU stays fp32
+        if self._get(self.config_init, "trainer.precision") is None:  # bf16-mixed on a GPU, 32-true on a CPU
+            kwargs["precision"] = default_precision(self._get(self.config_init, "trainer.accelerator"))
+            self.config[self.subcommand]["trainer.precision"] = kwargs["precision"]  # config.yaml records what ran
         # Keep the recipe's own callbacks (a kwarg would replace them) and add the run recorder, then what reads its
         # metrics.json at fit end (callbacks run in this order).
         kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [

@@ -12,6 +12,10 @@ metrics.json is one flat results.csv row. Besides sizes, tokens, FLOPs, throughp
                       `train_loss`)
   status, diverged_step  "ok" and null, or "diverged" and the global step whose loss or gradients were not finite
                       (see widthlab.module: that update was skipped, so every checkpoint holds pre-divergence weights)
+  precision, devices  the precision the fit resolved (bf16-mixed on a GPU when the recipe says null, 32-true on a
+                      CPU) and the number of devices that trained it (all nodes)
+  global_batch        sequences per optimizer step: batch_size × accumulate_grad_batches × devices, and
+                      global_batch_tokens = global_batch × seq_len; archives refuse points that differ in these
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 
 import widthlab
 from widthlab.data.cache import load_split
+from widthlab.device import tf32_enabled
 from widthlab.data.sampling import TrainWindows
 
 # The train subset of train_loss_eval is drawn with its own seed, not the run's, so every run of a sweep (any width,
@@ -55,9 +60,24 @@ def _git_commit() -> str | None:
 
 def environment() -> dict:
     return {"widthlab": widthlab.__version__, "git_commit": _git_commit(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "lightning": L.__version__, "platform": platform.platform(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "lightning": L.__version__,
+            "platform": platform.platform(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "argv": sys.argv}
+
+
+def training_setup(trainer, pl_module) -> dict:
+    """How the fit ran, as resolved (not as the recipe spelled it): precision, devices, the global batch, and the
+    fast paths taken (fused AdamW, compile, TF32)."""
+    dm = getattr(trainer, "datamodule", None)
+    batch = getattr(dm, "batch_size", None)
+    glob = batch * trainer.accumulate_grad_batches * trainer.world_size if batch else None
+    opt = trainer.optimizers[0] if trainer.optimizers else None
+    return {"precision": str(trainer.precision), "devices": trainer.world_size, "batch_size": batch,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches, "global_batch": glob,
+            "global_batch_tokens": glob * pl_module.cfg.seq_len if glob else None,
+            "fused_adamw": bool(opt.defaults.get("fused")) if opt is not None else None,
+            "compile": bool(pl_module.hparams.get("compile")), "tf32": tf32_enabled()}
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -108,7 +128,7 @@ class RunRecorder(L.Callback):
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
         if trainer.is_global_zero and log_dir:
             os.makedirs(log_dir, exist_ok=True)
-            write_json_atomic(os.path.join(log_dir, "env.json"), environment())
+            write_json_atomic(os.path.join(log_dir, "env.json"), {**environment(), **training_setup(trainer, pl_module)})
 
     # Kept in checkpoints, so a run resumed after its last checkpoint still reports its last validation.
     def state_dict(self) -> dict:
@@ -166,6 +186,9 @@ class RunRecorder(L.Callback):
             "params": pl_module.model.num_params(), "params_nonembed": pl_module.model.num_params(True),
             "flops_per_token": pl_module.flops_per_token, "flops": pl_module.flops_per_token * tokens,
             "tokens_per_param": tokens / pl_module.model.num_params(),
+            **{k: v for k, v in training_setup(trainer, pl_module).items()
+               if k in ("precision", "devices", "batch_size", "accumulate_grad_batches", "global_batch",
+                        "global_batch_tokens")},
             "status": "ok" if diverged is None else "diverged", "diverged_step": diverged,
             "train_loss_running": sum(self._losses) / len(self._losses) if self._losses else None,
             "train_loss_eval": eval_loss,
