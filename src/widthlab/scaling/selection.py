@@ -15,7 +15,7 @@ from widthlab.tuning import GRID, RULES, fmt_value
 
 
 def _sweep_json(p: Path) -> dict:
-    f = (p.parent if p.is_file() else p) / "sweep.json"
+    f = (p.parent if p.is_file() or p.suffix == ".csv" else p) / "sweep.json"  # a results.csv: its sweep dir's
     try:
         return dict(json.loads(f.read_text())) if f.is_file() else {}
     except (ValueError, TypeError):
