@@ -27,6 +27,8 @@ def test_every_recipe_the_readme_names_exists():
     named = set(re.findall(r"recipes/[\w.]+\.yaml", readme))
     table = re.findall(r"^\| `(\w+\.yaml)`(?: \+ `(\w+\.yaml)`)?", readme, flags=re.M)  # the recipe table's rows
     named |= {f"recipes/{n}" for row in table for n in row if n}
+    for stem, stages in re.findall(r"`(\w+)_\{([\w,]+)\}\.yaml`", readme):  # `fineweb_{sweep,arms}.yaml`
+        named |= {f"recipes/{stem}_{x}.yaml" for x in stages.split(",")}
     assert len(named) >= 8
     missing = sorted(n for n in named if not os.path.isfile(n))
     assert not missing, missing
