@@ -4,9 +4,11 @@ end to end with real fits."""
 import csv
 import json
 import os
+import re
 import shutil
 
 import pytest
+import yaml
 
 from widthlab import WidthlabError
 from widthlab.scaling.report import compare
@@ -160,6 +162,18 @@ def test_the_baselines_lr_scan_is_its_tuning(tmp_path):
     with pytest.raises(WidthlabError, match=r"confirmation seed\(s\) \[0\] were tuning seeds"):
         confirm_arms({"from": write_archive(tmp_path / "t", TUNE_ARMS, [8], [10], lambda a, d, s: 4.0),
                       "baseline": "docs/results/ptb_id_lr_scan"}, {}, [0], "recipes/ptb_id.yaml", {})
+
+
+def test_the_packing_docs_tuning_recipes_plan_as_written(tmp_path):
+    with open("docs/packing.md") as f:
+        text = f.read()
+    tune, confirm = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+                     if "select:" in b or "grid:" in b]
+    points = plan(tune["recipe"], tune["widths"], tune["seeds"], tune["arms"], {}, str(tmp_path))
+    assert sorted({p.arm for p in points}) == ["logprior@floor=0.0001", "logprior@floor=0.01", "logprior@floor=1e-06",
+                                               "logprior@floor=1e-08"] and len(points) == 8
+    with pytest.raises(WidthlabError, match="^nothing to select yet: run the tuning sweep first"):
+        confirm_arms(confirm["select"], confirm["arms"], confirm["seeds"], confirm["recipe"], {})
 
 
 # ------------------------------------------------------------------------------------------ end to end, real fits

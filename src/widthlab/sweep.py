@@ -242,7 +242,8 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         the path of results.csv
     """
     root = os.path.join(out_dir, name)
-    chosen = confirm_arms(select, arms, seeds, recipe, overrides, _recorded(root, archive, "select")) if select else None
+    chosen = confirm_arms(select, arms, seeds, recipe, overrides, _recorded(root, archive, "select")) \
+        if select else None
     if chosen:  # a confirmation sweep: its own arms and each idea's value selected from the tuning runs
         arms = chosen.arms
         print("\n".join(chosen.notes), flush=True)

@@ -327,7 +327,8 @@ def baseline_tuning(path: str, rule: dict, recipe: dict, overrides: dict, base_o
     cells, widths = _cells(rows, rule["loss"]), sorted({int(r["d_model"]) for r in rows})
     arms = {a: {k: v for k, v in (ov or {}).items() if k not in ("seeds", GRID)} for a, ov in spec["arms"].items()}
     loss = {a: [_num(sum(c.values()) / len(c)) if (c := cells.get((a, w))) else None for w in widths] for a in arms}
-    used = [a for a, ov in arms.items() if ov and all(get_knob(k, base_ov, overrides, recipe) == v for k, v in ov.items())]
+    used = [a for a, ov in arms.items()
+            if ov and all(get_knob(k, base_ov, overrides, recipe) == v for k, v in ov.items())]
     return {"from": path, "arms": arms, "widths": widths, "seeds": sorted({int(r["seed"]) for r in rows}),
             "loss": loss, "used": used[0] if used else None,
             "steps": (spec.get("overrides") or {}).get("trainer.max_steps"), "recipe": spec.get("recipe")}
@@ -382,8 +383,9 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
             if idea in old:  # recorded before: the confirmation keeps it
                 ideas[idea] = old[idea]
                 continue
+            run = tuning.get("command") or "python -m train sweep --config <tuning recipe>"
             notes.append(f"select: {idea} not selected yet ({got['missing']} tuning run(s) missing at d = "
-                         f"{rule['widths']}): python -m train sweep --config <tuning recipe> --only '[{idea}]'")
+                         f"{rule['widths']}): {run} --only '[{idea}]'")
             continue
         if idea in old and old[idea].get("winner") != got["winner"]:
             raise WidthlabError(f"select: {idea}'s winner in {src} is now {got['winner']}, but this sweep recorded "
