@@ -4,6 +4,7 @@ No GPU had ever run this code, and its first GPU step would have crashed (fused 
 clipping), in a branch no test took. Here the same branches run on the CPU: fused AdamW and bf16 autocast run there.
 """
 import json
+import math
 import os
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from helpers import tiny_args
+from helpers import scalars, tiny_args
 
 from widthlab import WidthlabError
 from widthlab.archive import archive_dir, check_archive
@@ -156,3 +157,45 @@ def test_archives_refuse_a_global_batch_mismatch(tmp_path):
     assert _check(tmp_path / "b", legacy, cuda=False) == 1
     with pytest.raises(WidthlabError, match=r"global_batch=4, but this sweep would use global_batch=8"):
         _check(tmp_path / "b", {**legacy, "trainer": {**legacy["trainer"], "accumulate_grad_batches": 2}}, cuda=False)
+
+
+def _guard(cli):
+    return cli.trainer.lightning_module._guard
+
+
+def test_no_host_read_per_step_the_divergence_flag_is_read_on_the_logging_cadence(tmp_path, cache_dir):
+    """With a fused AdamW the finiteness flag stays on the device: read at steps 4 and 8 (log_every_n_steps 4),
+    6 and 12 (validations), and never in between; the progress bar gets the loss as a host copy on that cadence."""
+    args = tiny_args(tmp_path / "run", cache_dir, 12, ["--model.fused", "true", "--trainer.log_every_n_steps", "4",
+                                                        "--trainer.val_check_interval", "6",
+                                                        "--trainer.enable_progress_bar", "true"])
+    cli = run_lightning_cli(args)
+    assert cli.trainer.lightning_module._device_skip
+    assert _guard(cli).reads == 5  # steps 4, 6, 8, 12 and the fit's end: not 12
+    bar = cli.trainer.progress_bar_metrics["loss"]
+    tb = dict(scalars(tmp_path / "run")["train/loss"])
+    assert isinstance(bar, float) and bar == pytest.approx(tb[11], rel=1e-6)  # step 12's loss (logged at x = 11)
+    assert "loss" not in scalars(tmp_path / "run")  # the bar's copy is not a logged metric
+
+
+def test_a_late_read_still_skips_from_the_bad_step_and_keeps_nothing_after_it(tmp_path, cache_dir, capsys):
+    """NaN logits at step 7, the flag read only at step 9's validation (log_every_n_steps 50): updates 7 and 8 were
+    skipped inside the fused kernel, so the weights are still step 7's; step 9's validation and checkpoint never
+    happen; the run reports step 7 exactly as the every-step host check does (test_diverge)."""
+    root = tmp_path / "run"
+    probe = ['--trainer.callbacks+={"class_path": "test_diverge.NaNLogitsAt", "init_args": {"step": 7}}']
+    cli = run_lightning_cli(tiny_args(root, cache_dir, 12, ["--model.fused", "true", "--trainer.log_every_n_steps",
+                                                            "50", "--trainer.val_check_interval", "3", *probe]))
+    assert cli.trainer.global_step == 9 and _guard(cli).reads == 3  # read at 3, 6 and 9, where it stopped
+    err = capsys.readouterr().err
+    assert "diverged: non-finite loss at step 7;" in err
+    m = json.loads((root / "metrics.json").read_text())
+    assert (m["status"], m["diverged_step"], m["steps"]) == ("diverged", 7, 7)
+    assert [s for s, _ in m["val_history"]] == [3, 6]
+    last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6
+    assert json.loads((root / "nan_probe.json").read_text()) == {"unchanged_since_bad_step": True}
+    # the optimizer's own step count stopped too: the fused kernel undid steps 7 and 8
+    opt = cli.trainer.optimizers[0]
+    assert all(float(st["step"]) == 7 for st in opt.state.values())
+    assert m["train_loss_running"] is not None and math.isfinite(m["train_loss_running"])

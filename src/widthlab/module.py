@@ -4,15 +4,20 @@ Loss is next-token cross-entropy plus any intervention terms; the optimizer is A
 (hidden matrices, embedding, head, vectors) whose learning rates follow μP when `mup_base_d_model` is set;
 the schedule is linear warmup then cosine decay to `min_lr_ratio · lr`.
 
-Divergence is a result, not a crash: before each optimizer step one host sync checks that the step's losses and
-gradients are finite. If not, the gradients are dropped (AdamW skips parameters without one, so the update is a
-no-op and the weights stay the last good ones), `diverged_step` records the step, and training ends before any
-further validation or checkpoint, so checkpoints/last.ckpt stays the last one from before the divergence (a run
-that diverges before its first checkpoint gets one from Lightning's save_last at the end: the same good weights,
-its step counter one past them). The RunRecorder then marks metrics.json diverged and the process exits 0.
-(Returning None from training_step would also skip the update, since the closure zeroes the gradients first, but
+Divergence is a result, not a crash: each optimizer step checks that its losses and gradients are finite. If not,
+the update is skipped (widthlab.divergence: inside a fused AdamW's kernel on the device, else by dropping the
+gradients after a host read), the weights stay the last good ones, `diverged_step` records the step, and training
+ends before any further validation or checkpoint, so checkpoints/last.ckpt stays the last one from before the
+divergence (a run that diverges before its first checkpoint gets one from Lightning's save_last at the end: the
+same good weights, its step counter past them). The RunRecorder then marks metrics.json diverged and the process
+exits 0. With a fused AdamW (the CUDA default) no step waits for the device: the host reads the flag on the logging
+cadence and before a validation or checkpoint. (Returning None from training_step would also skip the update, but
 Lightning refuses it under DDP and it keeps earlier micro-batches' gradients under accumulation; a non-finite
 gradient behind a finite loss, the usual case with a huge LR, needs the gradient check anyway.)
+
+Nothing else reads a device value per step either: train/loss is logged as a device tensor (Lightning reads it on
+log_every_n_steps), the LR as a host tensor, and the progress bar gets a host copy of the loss on that cadence (a
+device tensor there would be read at every bar refresh).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from widthlab import WidthlabError
 from widthlab.device import set_tf32, use_fused
+from widthlab.divergence import DivergenceGuard
 from widthlab.interventions.base import Intervention
 from widthlab.metrics import TokenNLL, derived
 from widthlab.model import GPT, ModelConfig
@@ -80,11 +86,24 @@ class LitGPT(L.LightningModule):
         self._fwd = torch.compile(_call) if compile else _call
         self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
         self.register_buffer("buckets", torch.full((vocab_size,), 9, dtype=torch.long), persistent=False)
-        self.diverged_step: int | None = None  # global step whose loss or gradients were not finite
-        self.diverged_what = ""                 # "loss" or "gradients"
-        self._loss_ok: torch.Tensor | None = None  # all of this optimizer step's micro-batch losses finite
+        self._guard = DivergenceGuard()
+        self._device_skip = False  # a bad update is skipped on the device (fused AdamW): read the flag on cadence
+        self._stepped = False      # this batch ended an optimizer step (not a micro-batch inside accumulation)
 
     # --- bookkeeping -----------------------------------------------------------------------------------
+    @property
+    def diverged_step(self) -> int | None:
+        """The global step whose loss or gradients were not finite (its update skipped), once the host knows."""
+        return self._guard.step
+
+    @property
+    def diverged_what(self) -> str:
+        return self._guard.what
+
+    def check_divergence(self) -> int | None:
+        """Read the device's divergence flag now (one host sync; callbacks call it before they keep anything)."""
+        return self._guard.read()
+
     @property
     def flops_per_token(self) -> int:
         return self.model.flops_per_token()
@@ -119,24 +138,30 @@ class LitGPT(L.LightningModule):
                 loss = loss + term
         # The loss a baseline and any arm can be compared on. sync_dist: under DDP the logged value is the mean
         # over ranks (the global batch's loss), not rank 0's shard; a scalar all-reduce, no host sync.
-        self.log("train/loss", ce, prog_bar=True, sync_dist=True)
-        self.log("lr", self.lr_schedulers().get_last_lr()[0] if self.trainer.lr_scheduler_configs else self.hparams.lr)
-        ok = torch.isfinite(loss.detach())  # a device tensor: checked once per optimizer step, not per micro-batch
-        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
+        self.log("train/loss", ce, sync_dist=True)
+        # a host tensor: a Python float would be copied to the device (a blocking copy) at every step
+        self.log("lr", torch.tensor(self.lr_schedulers().get_last_lr()[0] if self.trainer.lr_scheduler_configs
+                                    else self.hparams.lr))
+        self._guard.observe_loss(loss)  # a device tensor: checked once per optimizer step, not per micro-batch
         return {"loss": loss, "ce": ce.detach()}
+
+    def on_train_start(self) -> None:
+        opt = self.trainer.optimizers[0]
+        plugin = self.trainer.precision_plugin
+        self._device_skip = (bool(opt.defaults.get("fused")) and getattr(plugin, "scaler", None) is None
+                             and not any(type(iv).after_step is not Intervention.after_step
+                                         for iv in self.interventions))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Runs after backward (and the DDP all-reduce), before clipping and the update: the one place where a bad
-        # step can still be skipped. One host sync per optimizer step.
+        # step can still be skipped.
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        loss_ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True, device=self.device)
-        grad_ok = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else loss_ok
-        self._loss_ok = None
-        loss_ok, grad_ok = torch.stack([loss_ok, grad_ok.to(loss_ok.device)]).tolist()
-        if not (loss_ok and grad_ok):
+        self._guard.observe_step(grads, self.trainer.global_step)
+        self._stepped = True
+        if self._device_skip:  # the fused kernel skips while found_inf is 1; no host sync
+            optimizer.found_inf, optimizer.grad_scale = self._guard.found_inf, None
+        elif self._guard.read() is not None:  # host read now: the only way to skip with this optimizer
             optimizer.zero_grad(set_to_none=True)  # no gradients: AdamW leaves every parameter as it is
-            self.diverged_step = self.trainer.global_step
-            self.diverged_what = "loss" if not loss_ok else "gradients"
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -146,13 +171,37 @@ class LitGPT(L.LightningModule):
             for iv in self.interventions:
                 iv.after_step(self.model)
 
+    def _read_due(self) -> bool:
+        """Must the host read the divergence flag after this step? On the logging cadence, and before anything is
+        kept: a validation (Lightning's own test for one, run right after this hook), the last step, a stop."""
+        t = self.trainer
+        if t.global_step % max(1, t.log_every_n_steps) == 0 or t.should_stop or t.received_sigterm:
+            return True
+        if 0 < t.max_steps <= t.global_step:
+            return True
+        loop = t.fit_loop.epoch_loop
+        try:
+            return loop.batch_progress.is_last_batch or loop._should_check_val_fx(t.fit_loop._data_fetcher)
+        except AttributeError:  # another Lightning: read every step rather than risk keeping a diverged state
+            return True
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        stepped, self._stepped = self._stepped, False
+        if self._device_skip and stepped and self._read_due():
+            self._guard.read()
+        if (stepped and self.trainer.progress_bar_callback is not None and outputs is not None
+                and self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0):
+            # The bar shows a host copy of the loss, read on the logging cadence only.
+            self.log("loss", torch.tensor(float(outputs["ce"])), prog_bar=True, logger=False)
         if self.diverged_step is not None:
             # Stop before the loop's validation check: a validation here would save last.ckpt (and maybe
             # best.ckpt) at a step whose update never happened. StopIteration is how Lightning's own
             # on_train_batch_start == -1 ends an epoch; should_stop keeps a new epoch from starting.
             self.trainer.should_stop = True
             raise StopIteration
+
+    def on_train_end(self) -> None:
+        self._guard.read()  # the fit's summary (metrics.json) must know
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _eval_step(self, batch, metric: TokenNLL) -> None:

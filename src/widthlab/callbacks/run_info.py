@@ -119,12 +119,13 @@ class RunRecorder(L.Callback):
         self._t0 = 0.0
         self._start_step = 0
         self._losses: list[float] = []
-        self._recent: list = []
+        self._recent: list = []  # [(global step after the batch, its CE as a device tensor)]
+        self._module = None
         self._val: dict[str, float] = {}  # the last validation's val/* metrics
         self._history: list[list] = []    # [[global_step, val_loss], ...]
 
     def on_fit_start(self, trainer, pl_module):
-        self._t0, self._start_step = time.time(), trainer.global_step
+        self._t0, self._start_step, self._module = time.time(), trainer.global_step, pl_module
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
         if trainer.is_global_zero and log_dir:
             os.makedirs(log_dir, exist_ok=True)
@@ -154,11 +155,16 @@ class RunRecorder(L.Callback):
         # device tensors (no host sync per step) and converted in state_dict/on_fit_end. (An earlier version
         # sampled every 10th batch of the whole run, which mixed early losses into short runs' train_loss.)
         if outputs is not None:
-            self._recent = (self._recent + [outputs["ce"].detach()])[-50:]
+            self._recent = (self._recent + [(trainer.global_step, outputs["ce"].detach())])[-50:]
 
     def _flush(self) -> None:
-        if self._recent:  # a diverged step's NaN is left out: the running mean is of the steps that trained
-            self._losses = (self._losses + [x for x in map(float, self._recent) if math.isfinite(x)])[-50:]
+        # A diverged step's NaN is left out: the running mean is of the steps that trained. With the divergence
+        # flag read late (widthlab.divergence), batches after the bad step (its own ends at diverged_step + 1) ran
+        # without updating anything: left out too.
+        bad = getattr(self._module, "diverged_step", None)
+        if self._recent:
+            kept = [float(ce) for step, ce in self._recent if bad is None or step <= bad + 1]
+            self._losses = (self._losses + [x for x in kept if math.isfinite(x)])[-50:]
             self._recent = []
 
     def _best(self) -> tuple[float | None, int | None]:
