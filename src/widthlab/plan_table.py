@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from widthlab.plan import Costs
 
 
 @dataclass
@@ -15,7 +11,7 @@ class Row:
     arm: str
     width: int
     seed: int
-    costs: Costs
+    costs: "widthlab.plan.Costs"  # noqa: F821 (named, not imported: plan imports this module)
     steps: int | None
     tokens: int | None
     per_param: int  # the parameter count tokens/param divides by
