@@ -6,6 +6,10 @@ clipping), in a branch no test took. Here the same branches run on the CPU: fuse
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import lightning as L
@@ -19,6 +23,7 @@ from widthlab.archive import archive_dir, check_archive
 from widthlab.lightning_cli import run_lightning_cli
 from widthlab.module import LitGPT
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
 CLIP = 0.01  # far below a tiny model's first gradient norms, so every step is clipped
 
 
@@ -179,14 +184,16 @@ def test_no_host_read_per_step_the_divergence_flag_is_read_on_the_logging_cadenc
 
 
 def test_a_late_read_still_skips_from_the_bad_step_and_keeps_nothing_after_it(tmp_path, cache_dir, capsys):
-    """NaN logits at step 7, the flag read only at step 9's validation (log_every_n_steps 50): updates 7 and 8 were
-    skipped inside the fused kernel, so the weights are still step 7's; step 9's validation and checkpoint never
-    happen; the run reports step 7 exactly as the every-step host check does (test_diverge)."""
+    """NaN logits at step 7, the flag read only before the step checkpoint due at step 8 (log_every_n_steps 50,
+    validations at 3, 6, 9): update 7 was skipped inside the fused kernel and so was 8, so the weights are still
+    step 7's; step 8's checkpoint and step 9's validation never happen; the run reports step 7 exactly as the
+    every-step host check does (test_diverge)."""
     root = tmp_path / "run"
     probe = ['--trainer.callbacks+={"class_path": "test_diverge.NaNLogitsAt", "init_args": {"step": 7}}']
     cli = run_lightning_cli(tiny_args(root, cache_dir, 12, ["--model.fused", "true", "--trainer.log_every_n_steps",
-                                                            "50", "--trainer.val_check_interval", "3", *probe]))
-    assert cli.trainer.global_step == 9 and _guard(cli).reads == 3  # read at 3, 6 and 9, where it stopped
+                                                            "50", "--trainer.val_check_interval", "3",
+                                                            "--step_checkpoint.every_n_steps", "8", *probe]))
+    assert cli.trainer.global_step == 8 and _guard(cli).reads == 3  # read at 3, 6 and 8, where it stopped
     err = capsys.readouterr().err
     assert "diverged: non-finite loss at step 7;" in err
     m = json.loads((root / "metrics.json").read_text())
@@ -195,7 +202,64 @@ def test_a_late_read_still_skips_from_the_bad_step_and_keeps_nothing_after_it(tm
     last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 6
     assert json.loads((root / "nan_probe.json").read_text()) == {"unchanged_since_bad_step": True}
-    # the optimizer's own step count stopped too: the fused kernel undid steps 7 and 8
+    # the optimizer's own step count stopped too: the fused kernel undid step 7's and step 8's
     opt = cli.trainer.optimizers[0]
     assert all(float(st["step"]) == 7 for st in opt.state.values())
     assert m["train_loss_running"] is not None and math.isfinite(m["train_loss_running"])
+
+
+class PauseAt(L.Callback):
+    """Holds the fit after optimizer step `step` (writing `marker`) until a SIGTERM arrives, so the test's signal
+    lands at a known step of a real fit."""
+
+    def __init__(self, step: int, marker: str):
+        self.step, self.marker = step, marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            open(self.marker, "w").close()
+            deadline = time.time() + 120
+            while not trainer.received_sigterm and time.time() < deadline:
+                time.sleep(0.05)
+
+
+def test_sigterm_saves_last_ckpt_and_the_resumed_run_is_bit_identical(tmp_path, cache_dir):
+    ev = ["--trainer.val_check_interval", "6"]
+    run_lightning_cli(tiny_args(tmp_path / "a", cache_dir, 12, ev))  # uninterrupted
+    marker = tmp_path / "at_step_5"
+    pause = [f'--trainer.callbacks+={{"class_path": "test_device_paths.PauseAt", '
+             f'"init_args": {{"step": 5, "marker": "{marker}"}}}}']
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "train", *tiny_args(tmp_path / "b", cache_dir, 12, ev + pause)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "stopped by SIGTERM at step 5: " in err and "resume with --ckpt_path last" in err, err[-3000:]
+    # step 5 was never a validation (6, 12) nor a step checkpoint (every 1000): the save is the SIGTERM's own
+    assert torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["global_step"] == 5
+    assert not (tmp_path / "b/metrics.json").exists()  # not finished: a sweep resumes it
+    run_lightning_cli(tiny_args(tmp_path / "b", cache_dir, 12, ev + ["--ckpt_path", "last"]))
+    la, lb = dict(scalars(tmp_path / "a")["train/loss"]), dict(scalars(tmp_path / "b")["train/loss"])
+    assert set(la) == set(lb) == set(range(12)) and all(la[s] == lb[s] for s in range(12)), (la, lb)
+    sa = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    for k in ("val_history", "val_loss", "train_loss_eval", "train_loss_running", "steps", "tokens"):
+        assert ma[k] == mb[k], k
+
+
+def test_a_step_checkpoint_every_n_steps(tmp_path, cache_dir):
+    """step_checkpoint.every_n_steps 4 with validation only at the end: last.ckpt at step 4, then 8."""
+    root = tmp_path / "run"
+    crash = ['--trainer.callbacks+={"class_path": "helpers.CrashAt", "init_args": {"step": 10}}']
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_lightning_cli(tiny_args(root, cache_dir, 12, ["--step_checkpoint.every_n_steps", "4", *crash]))
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    assert not (root / "checkpoints" / "best.ckpt").exists()  # no validation ran: only the step checkpoints

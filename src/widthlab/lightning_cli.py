@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table, get_human_readable_count
 
 from widthlab import WidthlabError
+from widthlab.callbacks.checkpoint import StepCheckpoint
 from widthlab.callbacks.hparams import HParamsWriter
 from widthlab.callbacks.overlap import OverlapMonitor
 from widthlab.callbacks.perf import PerfMonitor
@@ -50,6 +51,7 @@ class WidthlabCLI(LightningCLI):
         parser.add_lightning_class_args(OverlapMonitor, "overlap")
         parser.add_lightning_class_args(PerfMonitor, "perf")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")  # last.ckpt every N steps and on SIGTERM
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val/loss",
                              "checkpoint.filename": "best", "checkpoint.save_top_k": 1, "checkpoint.mode": "min",
                              "checkpoint.auto_insert_metric_name": False})
