@@ -21,7 +21,7 @@ from helpers import scalars, tiny_args
 from widthlab import WidthlabError
 from widthlab.archive import archive_dir, check_archive
 from widthlab.lightning_cli import run_lightning_cli
-from widthlab.module import LitGPT
+from widthlab.module import LitGPT, forward_loss
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 CLIP = 0.01  # far below a tiny model's first gradient norms, so every step is clipped
@@ -90,10 +90,15 @@ def _keys(path) -> set[str]:
     return set(torch.load(path, weights_only=True)["state_dict"])
 
 
-def test_a_compiled_checkpoint_loads_without_compile_and_the_reverse(tmp_path, cache_dir):
-    """torch.compile on the CPU (inductor), 2 steps of a tiny model: the checkpoint holds the model's keys once."""
+def test_the_whole_gpu_path_compiled_and_its_checkpoint_loads_without_compile_and_the_reverse(tmp_path, cache_dir):
+    """Everything a CUDA fit takes, on the CPU: torch.compile (inductor) of model + fp32 loss under bf16 autocast,
+    fused AdamW, clipping; 2 steps of a tiny model. Its checkpoint holds the model's keys once."""
     root = tmp_path / "compiled"
-    run_lightning_cli(tiny_args(root, cache_dir, 2, ["--trainer.limit_val_batches", "0", "--model.compile", "true"]))
+    cli = run_lightning_cli(tiny_args(root, cache_dir, 2, ["--trainer.limit_val_batches", "0", "--model.compile", "true",
+                                                           *GPU_PATH]))
+    assert cli.trainer.optimizers[0].defaults["fused"] and cli.trainer.precision == "bf16-mixed"
+    m = json.loads((root / "metrics.json").read_text())
+    assert m["status"] == "ok" and math.isfinite(m["train_loss_eval"])
     ck = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
     hp = {k: v for k, v in ck["hyper_parameters"].items() if k != "_instantiator"}
     eager = LitGPT(**{**hp, "compile": False})
@@ -104,7 +109,7 @@ def test_a_compiled_checkpoint_loads_without_compile_and_the_reverse(tmp_path, c
     compiled.load_state_dict(eager.state_dict(), strict=True)
     # through Lightning: the compiled run resumed without compile (Lightning's load is strict)
     run_lightning_cli(tiny_args(root, cache_dir, 3, ["--trainer.limit_val_batches", "0", "--model.compile", "false",
-                                                     "--ckpt_path", "last"]))
+                                                     *GPU_PATH, "--ckpt_path", "last"]))
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert _keys(root / "checkpoints" / "last.ckpt") == set(ck["state_dict"])
 
@@ -263,3 +268,26 @@ def test_a_step_checkpoint_every_n_steps(tmp_path, cache_dir):
         run_lightning_cli(tiny_args(root, cache_dir, 12, ["--step_checkpoint.every_n_steps", "4", *crash]))
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
     assert not (root / "checkpoints" / "best.ckpt").exists()  # no validation ran: only the step checkpoints
+
+
+def test_the_compiled_loss_equals_the_eager_one():
+    """forward_loss under torch.compile (the fp32 cross-entropy inside the graph) against eager: same loss and
+    gradients to float32 rounding, in fp32 and under bf16 autocast (where both keep the CE in fp32)."""
+    torch.manual_seed(0)
+    lm = LitGPT(d_model=32, n_layer=1, vocab_size=96, seq_len=16, dropout=0.0)
+    x, y = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
+    compiled = torch.compile(forward_loss)
+    for autocast in (False, True):
+        out = {}
+        for name, fn in (("eager", forward_loss), ("compiled", compiled)):
+            lm.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                _, _, ce = fn(lm.model, x, y)
+            ce.backward()
+            out[name] = ce.detach(), {k: p.grad.clone() for k, p in lm.named_parameters()}
+        (le, ge), (lc, gc) = out["eager"], out["compiled"]
+        assert le.dtype == lc.dtype == torch.float32
+        tol = 2e-2 if autocast else 1e-5  # bf16 matmuls may round differently once fused
+        assert abs(float(lc) - float(le)) <= tol * float(le), (autocast, float(lc), float(le))
+        for k in ge:
+            assert torch.allclose(gc[k], ge[k], rtol=tol * 10, atol=tol * 1e-2), (autocast, k)

@@ -41,6 +41,16 @@ def _call(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return model(idx)  # through nn.Module.__call__, so forward hooks (tests, probes) still run
 
 
+def forward_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, outputs: bool = False):
+    """The training forward: the mean next-token cross-entropy in fp32 (under bf16 autocast the logits are bf16;
+    a log-softmax over n classes wants fp32), and the logits and hidden states when `outputs` (interventions read
+    them). One function, so torch.compile sees the loss too: the upcast, log-softmax and gather fuse with the head
+    instead of an fp32 copy of the (B, T, n) logits going through memory outside the graph."""
+    logits, hidden = model(idx)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    return (logits, hidden, ce) if outputs else (None, None, ce)
+
+
 class LitGPT(L.LightningModule):
     def __init__(self, d_model: int = 64, n_layer: int = 2, head_dim: int = 32, mlp_ratio: int = 4,
                  dropout: float = 0.0, tie_embeddings: bool = False, init_std: float = 0.02,
@@ -80,10 +90,12 @@ class LitGPT(L.LightningModule):
                                seq_len=seq_len, mlp_ratio=mlp_ratio, dropout=dropout, tie_embeddings=tie_embeddings,
                                init_std=init_std, mup_base_d_model=mup_base_d_model, real_vocab_size=real_vocab_size)
         self.model = GPT(self.cfg, self.interventions)
-        # The compiled callable is a plain attribute, not a submodule (torch.compile(module) would register its
-        # OptimizedModule and add a second copy of every key, `_fwd._orig_mod.*`): the state_dict is the model's own
-        # keys either way, so a checkpoint loads with or without compile.
+        # The compiled callables (training: model + loss; evaluation: the model) are plain functions taking the model,
+        # not submodules (torch.compile(module) would register its OptimizedModule and add a second copy of every
+        # key, `_fwd._orig_mod.*`): the state_dict is the model's own keys either way, so a checkpoint loads with or
+        # without compile.
         self._fwd = torch.compile(_call) if compile else _call
+        self._loss_fn = torch.compile(forward_loss) if compile else forward_loss
         self.val_nll, self.test_nll = TokenNLL(), TokenNLL()
         self.register_buffer("buckets", torch.full((vocab_size,), 9, dtype=torch.long), persistent=False)
         self._guard = DivergenceGuard()
@@ -130,8 +142,8 @@ class LitGPT(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits, hidden = self(x)
-        loss = ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        logits, hidden, ce = self._loss_fn(self.model, x, y, bool(self.interventions))
+        loss = ce
         for iv in self.interventions:
             for name, term in iv.extra_loss(self.model, logits, hidden, y).items():
                 self.log(f"train/{name}", term, sync_dist=True)
