@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from widthlab.data.sampling import StepSampler, TrainWindows
 from widthlab.module import LitGPT
@@ -63,12 +62,11 @@ def bare_step_times(d: int, n_layer: int, vocab: int, T: int, B: int, steps: int
     conf = module.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     ds = _windows(vocab, T, B)
-    model = module._fwd
+    loss_fn = module._loss_fn  # LitGPT's own training forward (model + fp32 loss; compiled when asked)
     t = [time.perf_counter()]
     for step in range(steps):
         x, y = ds[step]
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss = loss_fn(module.model, x, y)[2]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)

@@ -3,8 +3,14 @@
 Rows (CPU, always): Lightning fit vs a bare loop (benchmarks/overhead.py), compiled vs eager (tokens/s and compile
 time), OverlapMonitor overhead at its default cadence (benchmarks/overlap_cost.py, reused), BPE tokenisation of PTB
 (train + encode), and time to first step of `python -m train fit` (a fresh process: imports, cache load, one step).
-When CUDA is available, also tokens/s and MFU of a GPT-2-small shape (12 × 768, seq 1024, bf16 + compile, goal
-≥ 45 % MFU on an H100). Medians over repeats; threads pinned (default 2, the dev box) so runs compare.
+When CUDA is available, also tokens/s and MFU of a GPT-2-small shape (12 × 768, seq 1024, goal ≥ 45 % MFU on an
+H100), trained by the path every GPU run takes: a Lightning fit of LitGPT with compile, fused AdamW, bf16-mixed and
+gradient clipping (benchmarks/device_check.py), so the row fails where a GPU fit would. Medians over repeats; threads
+pinned (default 2, the dev box) so runs compare.
+
+`--device-check` runs only benchmarks/device_check.py: the GPU row, a width sweep's shapes, the fused=false and
+loss-outside-compile variants, host syncs per step, and two kernel facts; one prepared script for a lent GPU
+(`--tiny` = the same at CPU-test size). Its other options pass through (--widths, --steps, --out).
 """
 from __future__ import annotations
 
@@ -17,11 +23,11 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import device_check  # noqa: E402  (sibling script)
 import overhead  # noqa: E402  (sibling script)
 import overlap_cost  # noqa: E402  (the other engineer's benchmark, reused as is)
 
@@ -42,9 +48,9 @@ def compile_vs_eager(steps: int, repeats: int, warmup: int = 3) -> dict:
 
 
 def tokenisation(vocab: int = 4096) -> dict:
-    from widthlab.data.corpora import load_corpus
+    from widthlab.data.sources import load_corpus
     from widthlab.data.tokenizer import train_bpe
-    docs = load_corpus("ptb").docs["train"]
+    docs = load_corpus("ptb")["train"]
     nbytes = sum(len(s.encode()) for s in docs)
     t = time.perf_counter()
     tok = train_bpe(docs, vocab)
@@ -68,31 +74,9 @@ def time_to_first_step(cache: str) -> float:
 
 
 def gpu_mfu(steps: int, B: int = 16) -> dict:
-    """12 layers × 768, seq 1024, vocab 50304, bf16 autocast + torch.compile, fused AdamW: tokens/s and MFU."""
-    from widthlab.callbacks.perf import peak_flops, throughput
-    from widthlab.model import GPT, ModelConfig
-    dev = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = ModelConfig(vocab_size=50304, d_model=768, n_layer=12, head_dim=64, seq_len=1024)
-    model = GPT(cfg).to(dev)
-    fwd = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), fused=True)
-    x = torch.randint(0, 50304, (B, 1025), device=dev)
-    times = []
-    for i in range(steps):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, _ = fwd(x[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    dt = statistics.median(times[3:])
-    out = throughput(B * 1024, dt, 1, model.flops_per_token(), peak_flops(dev, torch.bfloat16))
-    return {"device": torch.cuda.get_device_name(), **out}
+    """12 layers × 768, seq 1024, vocab 50304 through the GPU fit path (device_check.fit_row): tokens/s and MFU."""
+    r = device_check.fit_row("gpt2 12×768", 768, 12, 64, 1024, 50304, B, steps, every=10, compile=True)
+    return {"device": torch.cuda.get_device_name(), "perf/tokens_per_sec": r["tokens_per_sec"], "perf/mfu": r["mfu"]}
 
 
 def main() -> None:
@@ -100,7 +84,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (a shared CPU)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="data/cache", help="token cache dir for time-to-first-step")
-    a = ap.parse_args()
+    ap.add_argument("--device-check", action="store_true", help="only the GPU path check (benchmarks/device_check.py)")
+    a, rest = ap.parse_known_args()
+    if a.device_check:
+        device_check.main(rest + (["--steps", "20"] if a.quick and "--steps" not in rest else []))
+        return
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     torch.set_num_threads(a.threads)
     steps, repeats = (15, 3) if a.quick else (40, 5)
     rows: list[tuple[str, str, str]] = []

@@ -20,6 +20,7 @@ from helpers import scalars, tiny_args
 
 from widthlab import WidthlabError
 from widthlab.archive import archive_dir, check_archive
+from widthlab.device import default_precision, unified_precision, use_fused
 from widthlab.lightning_cli import run_lightning_cli
 from widthlab.module import LitGPT, forward_loss
 
@@ -52,7 +53,25 @@ def _fit(root, cache_dir, steps, extra):
     return cli, next(cb for cb in cli.trainer.callbacks if isinstance(cb, ClipProbe))
 
 
-GPU_PATH = ["--model.fused", "true", "--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", str(CLIP)]
+GPU_PATH = ["--model.fused", "true", "--model.tf32", "true", "--trainer.precision", "bf16-mixed",
+            "--trainer.gradient_clip_val", str(CLIP)]
+
+
+@pytest.fixture(autouse=True)
+def _fp32_matmuls_back():
+    yield
+    torch.set_float32_matmul_precision("highest")  # model.tf32 true sets a process-wide switch
+
+
+def test_the_device_choices_by_hand():
+    assert default_precision("auto", cuda=True) == "bf16-mixed" and default_precision("gpu", cuda=True) == "bf16-mixed"
+    assert default_precision("cpu", cuda=True) == "32-true"  # a GPU machine told to train on its CPU
+    assert default_precision("auto", cuda=False) == "32-true"
+    assert [unified_precision(p, "32-true") for p in (None, 32, "32", "bf16", "16", "bf16-mixed")] == [
+        "32-true", "32-true", "32-true", "bf16-mixed", "16-mixed", "bf16-mixed"]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_fused(None, cuda, has_grad_scaler=False) and not use_fused(None, cuda, has_grad_scaler=True)
+    assert not use_fused(None, cpu, False) and use_fused(True, cpu, False) and not use_fused(False, cuda, False)
 
 
 def test_fused_adamw_bf16_mixed_and_clipping_train_through_lightning(tmp_path, cache_dir):
@@ -66,7 +85,7 @@ def test_fused_adamw_bf16_mixed_and_clipping_train_through_lightning(tmp_path, c
     # what ran, resolved: precision, devices, and the global batch (4 sequences × 1 × 1 device, of 32 tokens)
     assert (m["precision"], m["devices"], m["global_batch"], m["global_batch_tokens"]) == ("bf16-mixed", 1, 4, 128)
     env = json.loads((tmp_path / "run" / "env.json").read_text())
-    assert (env["precision"], env["fused_adamw"], env["compile"]) == ("bf16-mixed", True, False)
+    assert (env["precision"], env["fused_adamw"], env["compile"], env["tf32"]) == ("bf16-mixed", True, False, True)
 
 
 def test_without_widthlabs_clip_lightning_refuses_this_combination(tmp_path, cache_dir, monkeypatch):

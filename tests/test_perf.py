@@ -154,3 +154,34 @@ def test_real_fit_tokens_per_sec_matches_steps_over_elapsed(tmp_path, cache_dir)
     assert window_tokens / window_s >= 7 * 32 * 4 / wall
     m = cli.trainer.callback_metrics
     assert float(m["perf/tokens_per_sec"]) == pytest.approx(mon.last["perf/tokens_per_sec"])
+
+
+def test_the_device_check_script_runs_its_cpu_fallback(tmp_path):
+    """benchmarks/device_check.py (what a lent GPU runs: `benchmarks/run.py --device-check`) at tiny size on the CPU:
+    every row a real Lightning fit on the GPU path (bf16-mixed, fused AdamW, clipping), throughput from PerfMonitor,
+    the divergence flag read on the logging cadence only where the fused kernel can skip."""
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import device_check
+    out = device_check.main(["--tiny", "--widths", "16", "32", "--steps", "12", "--every", "4", "--out", str(tmp_path)])
+    assert out["facts"] == {"foreach_norm_inf_keeps_nan": True, "fused_adamw_skips_on_found_inf": True}
+    rows = {r["row"]: r for r in out["rows"]}
+    assert list(rows) == ["gpt2 (tiny)", "d16", "d32", "d32 fused=false"]  # no compile on the CPU: no CE variant
+    for r in rows.values():
+        assert r["precision"] == "bf16-mixed" and r["steps"] == 12 and r["tokens_per_sec"] > 0
+        assert r["mfu"] is None and r["syncs_per_step_off_cadence"] is None  # CPU: no peak, no CUDA syncs to count
+    # fused: the flag read at steps 4, 8, 12 and at the end; foreach AdamW: every step, and at the end
+    assert [(r["fused"], r["device_reads"]) for r in rows.values()] == [(True, 4)] * 3 + [(False, 13)]
+    assert json.loads((tmp_path / "device_check.json").read_text())["rows"][1]["d_model"] == 16
+
+
+def test_the_cuda_branches_of_the_monitor_on_a_cpu(monkeypatch):
+    """peak_flops and the window-edge sync take their CUDA branch for a cuda device (the device object needs no GPU)."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert peak_flops(torch.device("cuda"), torch.bfloat16) == 989.4e12
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    PerfMonitor._now(SimpleNamespace(device=torch.device("cuda")))
+    assert synced == [torch.device("cuda")]
