@@ -62,7 +62,8 @@ class WidthlabCLI(LightningCLI):
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="", default_hp_metric=False)
         if self._get(self.config_init, "trainer.precision") is None:  # bf16-mixed on a GPU, 32-true on a CPU
             kwargs["precision"] = default_precision(self._get(self.config_init, "trainer.accelerator"))
-            self.config[self.subcommand]["trainer.precision"] = kwargs["precision"]  # config.yaml records what ran
+            sub = f"{self.subcommand}." if self.subcommand else ""  # run=False (coord_check): no subcommand level
+            self.config[f"{sub}trainer.precision"] = kwargs["precision"]  # config.yaml records what ran
         # Keep the recipe's own callbacks (a kwarg would replace them) and add the run recorder, then what reads its
         # metrics.json at fit end (callbacks run in this order).
         kwargs["callbacks"] = list(self._get(self.config_init, "trainer.callbacks") or []) + [
