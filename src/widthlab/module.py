@@ -185,9 +185,11 @@ class LitGPT(L.LightningModule):
 
     def _read_due(self) -> bool:
         """Must the host read the divergence flag after this step? On the logging cadence, and before anything is
-        kept: a validation (Lightning's own test for one, run right after this hook), the last step, a stop."""
+        kept: a validation (Lightning's own test for one, run right after this hook), the last step, a stop. The
+        same answer on every rank (a rank that stopped alone would hang DDP): SIGTERM, which reaches ranks at
+        different moments, is left to StepCheckpoint, which reads the flag in the hook all ranks reach together."""
         t = self.trainer
-        if t.global_step % max(1, t.log_every_n_steps) == 0 or t.should_stop or t.received_sigterm:
+        if t.global_step % max(1, t.log_every_n_steps) == 0 or t.should_stop:
             return True
         if 0 < t.max_steps <= t.global_step:
             return True
