@@ -169,9 +169,11 @@ def test_docs_slurm_recipe_submits_one_array_with_its_options(env, tmp_path, cac
         f.chmod(f.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", os.pathsep.join([str(bin_), os.environ["PATH"]]))
     sweep_yaml = tmp_path / "sweep.yaml"
+    # the doc's fit recipe and its budget are GPU-sized: a tiny fixed-length fit stands in, one time limit for all
     sweep_yaml.write_text(yaml.safe_dump({**doc, "recipe": "recipes/smoke.yaml", "widths": [32, 64], "seeds": [0],
                                           "arms": None, "overrides": tiny(cache_dir), "out_dir": str(tmp_path),
-                                          "archive": None}))
+                                          "archive": None, "budget": None, "plan": None,
+                                          "cluster": {**doc["cluster"], "time_from_plan": False}}))
     main(["sweep", "--config", str(sweep_yaml), "--wait", "false"])
     script = (tmp_path / "script.sh").read_text()
     o = doc["cluster"]
