@@ -4,6 +4,7 @@ model built at every width), toy recipes parse through the `toy` subcommand."""
 import contextlib
 import glob
 import io
+import math
 import os
 import re
 
@@ -50,7 +51,9 @@ def test_recipe_is_valid(path, tmp_path):
         points = plan(doc["recipe"], doc["widths"], doc["seeds"], doc.get("arms") or {}, doc.get("overrides") or {},
                       str(tmp_path / doc["name"]))
         arms = doc.get("arms") or {"baseline": {}}  # an arm may list its own seeds
-        assert len(points) == len(doc["widths"]) * sum(len((ov or {}).get("seeds", doc["seeds"])) for ov in arms.values())
+        grid = lambda ov: math.prod(len(v) for v in ((ov or {}).get("grid") or {}).values())  # sub-arms per arm
+        assert len(points) == len(doc["widths"]) * sum(len((ov or {}).get("seeds", doc["seeds"])) * grid(ov)
+                                                       for ov in arms.values())
         validate(points)
         assert not (tmp_path / doc["name"]).exists()  # validating writes nothing
     else:
