@@ -132,6 +132,8 @@ def test_hf_source_is_streamed_and_never_reuses_validation_as_test(tmp_path):
     assert len(c["train"]) + len(c["test"]) == 500 and all(d.endswith("\n") for d in c["train"])
     with pytest.raises(WidthlabError, match="no column 'text'"):
         load_corpus(f"hf:{ds}")
+    with pytest.raises(WidthlabError, match="column 'id' holds int, not text"):
+        load_corpus(f"hf:{ds}", text_column="id")
     # a token budget: exactly the first N training tokens of the stream, a document separator after each document
     full = build_or_load(f"hf:{ds}", 300, text_column="story", cache_dir=str(tmp_path / "c"), progress=False,
                          doc_separator="<|endoftext|>")
@@ -229,3 +231,98 @@ def test_frequency_deciles_hold_a_tenth_of_the_tokens_each(cache_dir):
     assert sum(mass) == pytest.approx(1.0)
     assert mass[0] > 0.05 and max(mass) < 0.25  # one very frequent type can overfill a bucket a little
     assert dm.model_vocab_size % 64 == 0 and dm.model_vocab_size >= dm.real_vocab_size
+
+
+def test_a_token_budget_counts_only_the_text_it_keeps(tmp_path):
+    """max_train_tokens cuts the stream inside a batch (and inside a document): bytes, words and documents are
+    those of the kept tokens, so bytes_per_token stays the corpus's (it was the whole batch's text / 1000)."""
+    (tmp_path / "all.txt").write_text(_lines(3000))
+    src = f"text:{tmp_path}/all.txt"
+    full = read_meta(build_or_load(src, 300, cache_dir=str(tmp_path / "c"), progress=False))["splits"]["train"]
+    cut = build_or_load(src, 300, cache_dir=str(tmp_path / "c"), progress=False, max_train_tokens=1000)
+    st = read_meta(cut)["splits"]["train"]
+    tok = Tokenizer.from_file(os.path.join(cut, "tokenizer.json"))
+    kept = tok.decode(np.asarray(load_split(cut, "train")).tolist())
+    assert st["tokens"] == 1000 and not kept.endswith("\n")  # the budget ends inside a document
+    assert (st["bytes"], st["words"], st["docs"]) == (len(kept.encode()), text_stats([kept])["words"],
+                                                      kept.count("\n") + 1)
+    assert st["bytes_per_token"] == pytest.approx(full["bytes_per_token"], rel=0.05)
+
+
+def test_a_pretrained_tokenizer_encodes_whole_documents_and_adds_nothing(tmp_path, text_corpus):
+    """A tokenizer.json may carry truncation, padding or a template that adds <bos> to every input: the build
+    must not cut documents short, pad them or add tokens behind data.doc_separator's back."""
+    from tokenizers import processors
+
+    from widthlab.data.tokenizer import train_bpe
+    tok = train_bpe(open(tmp_path / "train.txt").read().splitlines(), 300, special_tokens=["<bos>"])
+    tok.save(str(tmp_path / "plain.json"))
+    tok.enable_truncation(8)
+    tok.enable_padding(length=64)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 256)])
+    tok.save(str(tmp_path / "fancy.json"))
+    plain, fancy = (build_or_load(text_corpus, tokenizer_path=str(tmp_path / f"{n}.json"),
+                                  cache_dir=str(tmp_path / "c"), progress=False) for n in ("plain", "fancy"))
+    for s in ("train", "valid", "test"):
+        assert (np.asarray(load_split(fancy, s)) == np.asarray(load_split(plain, s))).all()
+    assert Tokenizer.from_file(os.path.join(fancy, "tokenizer.json")).decode(
+        np.asarray(load_split(fancy, "valid")).tolist()) == open(tmp_path / "valid.txt").read()
+
+
+def test_text_files_are_split_by_the_words_in_their_names(tmp_path):
+    """val/dev name validation as in hf: (val.txt was silently dropped and validation held out of train); a
+    name that contains a split only inside a word (latest, contest) or names two splits is a one-line error."""
+    for name, k in [("corpus.train.txt", 200), ("corpus.val.txt", 20), ("corpus-test.txt", 30)]:
+        (tmp_path / name).write_text(_lines(k, seed=k))
+    c = load_corpus(f"text:{tmp_path}/*.txt")
+    assert [len(c[s]) for s in ("train", "valid", "test")] == [200, 20, 30]
+    for bad in ("latest_notes.txt", "train_test.txt"):
+        (tmp_path / bad).write_text(_lines(5))
+        with pytest.raises(WidthlabError, match=bad):
+            load_corpus(f"text:{tmp_path}/*.txt")
+        os.remove(tmp_path / bad)
+
+
+def test_bpe_never_trains_on_held_out_documents(tmp_path):
+    """Validation and test held out of the train stream are held out of the BPE sample too: a word that only
+    held-out documents contain gets no merge."""
+    from widthlab.data.sources import Holdout
+    route = Holdout(("valid", "test"), 40, 10)
+    splits = [route.route(i)[0] for i in range(3000)]
+    lines = _lines(3000).splitlines(keepends=True)
+    (tmp_path / "all.txt").write_text("".join(("zyxwv " * 6 + ln) if s != "train" else ln
+                                              for s, ln in zip(splits, lines)))
+    path = build_or_load(f"text:{tmp_path}/all.txt", 400, cache_dir=str(tmp_path / "c"), progress=False,
+                         holdout_docs=40, holdout_every=10)
+    meta = read_meta(path)
+    assert [meta["splits"][s]["docs"] for s in ("valid", "test")] == [40, 40]
+    vocab = Tokenizer.from_file(os.path.join(path, "tokenizer.json")).get_vocab()
+    assert not [t for t in vocab if any(m in t for m in ("yx", "xw", "wv"))], "BPE merged held-out text"
+
+
+def test_token_view_refuses_out_of_range_indices_and_windows(tmp_path):
+    flat = np.arange(100, dtype=np.uint16)
+    flat[:60].tofile(tmp_path / "a.bin")
+    flat[60:].tofile(tmp_path / "b.bin")
+    for files in ([tmp_path / "a.bin", tmp_path / "b.bin"], [tmp_path / "a.bin"]):
+        v = TokenView([str(f) for f in files], np.uint16)
+        n = len(v)
+        assert v[-1] == n - 1 and v[-n] == 0 and v[n - 1] == n - 1 and len(v[n:n + 5]) == 0
+        for k in (n, -n - 1):
+            with pytest.raises(IndexError, match="out of range"):
+                v[k]
+        assert (v.windows(np.array([0, n - 10]), 10) == flat[np.array([0, n - 10])[:, None] + np.arange(10)]).all()
+        with pytest.raises(IndexError, match="out of range"):
+            v.windows(np.array([n - 5]), 10)
+
+
+def test_pretokenised_shards_are_read_in_natural_order(tmp_path):
+    d = tmp_path / "toks"
+    d.mkdir()
+    for i in (1, 2, 10):
+        np.full(50, i, dtype=np.uint16).tofile(d / f"train-{i}.bin")
+    for name in ("val.bin", "test.bin"):
+        np.zeros(50, dtype=np.uint16).tofile(d / name)
+    (d / "tokens.json").write_text(json.dumps({"vocab_size": 16, "dtype": "uint16"}))
+    train = np.asarray(load_split(build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c")), "train"))
+    assert train[::50].tolist() == [1, 2, 10]

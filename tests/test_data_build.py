@@ -143,3 +143,121 @@ def test_fit_on_pretokenised_shards_with_a_vocabulary_that_needs_padding(tmp_pat
     main(tiny_args(tmp_path / "run", tmp_path / "cache", 4, ["--data.source", f"tokens:{d}"]))
     m = json.load(open(tmp_path / "run" / "metrics.json"))
     assert m["status"] == "ok" and m["val_loss"] > 0 and m.get("val_bpb") is None
+
+
+def test_the_lock_still_excludes_after_a_failed_builder_removes_its_file(tmp_path):
+    """A builder that fails on bad input unlinks <key>.lock while another waits on it: the waiter (which wakes
+    on the removed file) and a process arriving afterwards (which creates a new one) must not both hold it."""
+    import threading
+
+    from widthlab.data.cache import _lock
+    key, held, spans = str(tmp_path / "key"), threading.Event(), {}
+
+    def failing_builder():
+        with _lock(key):
+            held.set()
+            time.sleep(0.3)
+            os.remove(key + ".lock")
+
+    def builder_(name, delay):
+        held.wait()
+        time.sleep(delay)
+        with _lock(key):
+            t = time.monotonic()
+            time.sleep(0.4)
+            spans[name] = (t, time.monotonic())
+    threads = [threading.Thread(target=failing_builder), threading.Thread(target=builder_, args=("waiter", 0.05)),
+               threading.Thread(target=builder_, args=("late", 0.5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (a0, a1), (b0, b1) = spans["waiter"], spans["late"]
+    assert a1 <= b0 or b1 <= a0, spans
+
+
+def test_pretokenised_shards_are_indexed_by_one_process_at_a_time(tmp_path):
+    """tokens: indexing (a pass over every token) runs under the cache's lock: DDP ranks and sweep jobs that
+    start together index once, and none removes a directory another has just returned."""
+    import threading
+
+    from widthlab.data.cache import _lock
+    d = tmp_path / "toks"
+    d.mkdir()
+    for name in ("train.bin", "val.bin", "test.bin"):
+        np.arange(1000, dtype=np.uint16).tofile(d / name)
+    (d / "tokens.json").write_text(json.dumps({"vocab_size": 1000, "dtype": "uint16"}))
+    key = os.path.basename(build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "a")))
+    got = []
+    (tmp_path / "b").mkdir()
+    with _lock(str(tmp_path / "b" / key)):
+        t = threading.Thread(target=lambda: got.append(build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "b"))))
+        t.start()
+        time.sleep(0.5)
+        assert not got and not (tmp_path / "b" / key).exists()  # it waits for the lock's holder
+    t.join()
+    assert got == [str(tmp_path / "b" / key)] and read_meta(got[0])["splits"]["train"]["tokens"] == 1000
+
+
+def test_the_source_is_opened_once_per_build(tmp_path, monkeypatch):
+    """The build reuses the source the key was computed from: for hf: a second open is a second hub request,
+    and its failure (a WidthlabError, like bad input) deleted the shards a resumed build had finished."""
+    import widthlab.data.cache as cache
+    from widthlab import WidthlabError
+    opened = []
+
+    def once(*a, **k):
+        opened.append(a)
+        if len(opened) > 1:
+            raise WidthlabError("could not load hf:x (ConnectionError)")
+        return real(*a, **k)
+    real = cache.open_source
+    monkeypatch.setattr(cache, "open_source", once)
+    src = write_corpus(tmp_path / "c.txt", 0.2)
+    path = build_or_load(src, 300, cache_dir=str(tmp_path / "cache"), progress=False)
+    assert len(opened) == 1 and read_meta(path)["splits"]["train"]["tokens"] > 0
+
+
+def test_offline_jobs_use_the_cache_prepared_for_an_unreachable_source(tmp_path, monkeypatch, capsys):
+    """After `prepare`, a job that cannot reach its hf: dataset or its hub tokenizer uses the cache last prepared
+    with the same settings (and says so); with no such cache it is a one-line error."""
+    from tokenizers import Tokenizer
+
+    import widthlab.data.cache as cache
+    from widthlab import WidthlabError
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "train.jsonl").write_text("".join(json.dumps({"text": f"a fox number {i} ran ."}) + "\n"
+                                            for i in range(400)))
+    c = str(tmp_path / "cache")
+    path = build_or_load(f"hf:{ds}", 300, cache_dir=c, progress=False, holdout_docs=10)
+    os.rename(ds, tmp_path / "gone")  # the dataset cannot be reached any more
+    assert build_or_load(f"hf:{ds}", 300, cache_dir=c, progress=False, holdout_docs=10) == path
+    assert "is unreachable; using the cache prepared for it earlier" in capsys.readouterr().err
+    os.rename(tmp_path / "gone", ds)
+    # a hub tokenizer: online (the stand-in returns a tokenizer), then offline (it raises, as load_tokenizer does)
+    tok = os.path.join(path, "tokenizer.json")
+    monkeypatch.setattr(cache, "load_tokenizer", lambda spec: Tokenizer.from_file(tok))
+    hub = build_or_load(f"hf:{ds}", tokenizer_path="some-org/some-tok", cache_dir=c, progress=False,
+                        holdout_docs=10)
+
+    def offline(spec):
+        raise WidthlabError(f"could not load tokenizer '{spec}' from the Hugging Face hub (OfflineModeIsEnabled)")
+    monkeypatch.setattr(cache, "load_tokenizer", offline)
+    assert build_or_load(f"hf:{ds}", tokenizer_path="some-org/some-tok", cache_dir=c, progress=False,
+                         holdout_docs=10) == hub
+    with pytest.raises(WidthlabError, match="could not load tokenizer"):  # never prepared: nothing to fall back on
+        build_or_load(f"hf:{ds}", tokenizer_path="some-org/other-tok", cache_dir=c, progress=False, holdout_docs=10)
+
+
+def test_a_build_killed_just_before_its_rename_is_not_tokenised_again(tmp_path, monkeypatch):
+    """The build writes meta.json, drops state.json, then renames .<key>.building into place: a kill between the
+    last two left a finished build without its resume record, which was tokenised again from the start."""
+    import widthlab.data.cache as cache
+    src = write_corpus(tmp_path / "c.txt", 0.2)
+    path = build_or_load(src, 300, cache_dir=str(tmp_path / "cache"), progress=False)
+    sums = shard_sums(path)
+    os.rename(path, tmp_path / "cache" / f".{os.path.basename(path)}.building")
+    monkeypatch.setattr(cache, "tokenize_source", lambda *a, **k: pytest.fail("tokenised again"))
+    assert build_or_load(src, 300, cache_dir=str(tmp_path / "cache"), progress=False) == path
+    assert shard_sums(path) == sums

@@ -133,6 +133,7 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
         for split, items in by_split.items():
             if not items:
                 continue
+            docs = [d for d, _ in items]
             parts = [np.asarray(ids, dtype=dtype) for _, ids in items]
             if sep is not None:
                 parts = [p for ids in parts for p in (ids, sep)]
@@ -141,9 +142,11 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
                 room = cap - stats["train"]["tokens"] - pending["train"]["tokens"]
                 if room <= 0:
                     continue
-                arr = arr[:room]
+                if room < arr.size:
+                    docs = _kept_text(items, room, sep is not None, tok)
+                    arr = arr[:room]
             writers[split].write(arr)
-            st = text_stats([d for d, _ in items])
+            st = text_stats(docs)
             for k in ("bytes", "words", "docs"):
                 pending[split][k] += st[k]
             pending[split]["tokens"] += arr.size
@@ -164,7 +167,9 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
     with ThreadPoolExecutor(1) as pool:
         prev = None
         for batch in batches:
-            job = (batch, pool.submit(tok.encode_batch_fast, batch))
+            # add_special_tokens=False: a pretrained tokenizer's template (<bos> per input, [CLS]…[SEP]) is not
+            # applied; data.doc_separator is the one token put between documents
+            job = (batch, pool.submit(tok.encode_batch_fast, batch, add_special_tokens=False))
             if prev is not None and add(prev[0], prev[1].result()):
                 prev = None
                 break
@@ -172,6 +177,18 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
         if prev is not None:
             add(prev[0], prev[1].result())
     checkpoint(True)
+
+
+def _kept_text(items: list, room: int, sep: bool, tok) -> list[str]:
+    """The text of a batch's first `room` tokens: whole documents, then the decoded start of the one the budget
+    cuts, so the split's bytes and words are those of the tokens kept."""
+    out = []
+    for d, ids in items:
+        if room <= 0:
+            break
+        out.append(d if room >= len(ids) else tok.decode(ids[:room]))
+        room -= len(ids) + sep
+    return out
 
 
 def _first_docs(batches, n: int):

@@ -28,7 +28,7 @@ import numpy as np
 from widthlab import WidthlabError
 from widthlab.data.build import Limits, tokenize_source
 from widthlab.data.shards import TokenView, hash_file
-from widthlab.data.sources import SPLITS, open_source
+from widthlab.data.sources import SPLITS, Holdout, open_source
 from widthlab.data.tokenizer import bpe_sample, is_hub_name, load_tokenizer, separator_id, train_bpe
 
 FORMAT_VERSION = 2
@@ -54,8 +54,11 @@ def _tokenizer_id(spec: DataSpec) -> str | dict:
     if spec.tokenizer_path is None:
         return {"bpe": "bytelevel-minfreq2", "vocab_size": spec.vocab_size, "sample_bytes": spec.bpe_sample_bytes}
     if os.path.isfile(spec.tokenizer_path):
-        return hash_file(spec.tokenizer_path)
-    return hashlib.blake2b(load_tokenizer(spec.tokenizer_path).to_str().encode(), digest_size=16).hexdigest()
+        h = hash_file(spec.tokenizer_path)
+    else:
+        h = hashlib.blake2b(load_tokenizer(spec.tokenizer_path).to_str().encode(), digest_size=16).hexdigest()
+    # "whole": documents encoded untruncated, unpadded, without template tokens (caches from before that differ)
+    return {"file": h, "encode": "whole"}
 
 
 def _settings_hash(spec: DataSpec) -> str:
@@ -98,35 +101,61 @@ def _complete(path: str, verify: bool = False) -> bool:
 
 @contextmanager
 def _lock(path: str):
-    """Exclusive flock on <path>.lock: concurrent sweep points, DDP ranks and SLURM jobs wait for one builder."""
-    with open(path + ".lock", "a+") as f:
+    """Exclusive flock on <path>.lock: concurrent sweep points, DDP ranks and SLURM jobs wait for one builder.
+    A builder that fails on bad input removes the lock file while others may wait on it; a lock on a removed
+    file excludes no one, so a waiter that wakes to find it gone (or replaced) locks the file now at the path."""
+    waited = False
+    while True:
+        f = open(path + ".lock", "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process that is building the token cache {path} ...", file=sys.stderr,
-                  flush=True)
+            if not waited:
+                print(f"waiting for another process that is building the token cache {path} ...",
+                      file=sys.stderr, flush=True)
+                waited = True
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path + ".lock")):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # closing drops the lock on the removed file
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
-def _fingerprint(spec: DataSpec, cache_dir: str) -> tuple[str | None, str | None]:
-    """(key, None) from the source's fingerprint; offline, an hf: source falls back to the cache last prepared with
-    these settings (recorded by _remember), so jobs can run offline after `prepare` — (key, note)."""
+def _fingerprint(spec: DataSpec, cache_dir: str):
+    """(key, None, source) from the source's fingerprint and the tokenizer. Offline, an hf: source or a hub
+    tokenizer that cannot be reached falls back to the cache last prepared with these settings (recorded by
+    _remember), so jobs can run offline after `prepare` — (key, note, None)."""
     latest = os.path.join(cache_dir, "latest", _settings_hash(spec))
+
+    def fallback(what: str):
+        key = open(latest).read().strip()
+        return key, f"{what} is unreachable; using the cache prepared for it earlier ({key})", None
     try:
         source = open_source(spec.source, spec.text_column, spec.holdout_docs, spec.holdout_every)
     except WidthlabError:
         if spec.source.startswith("hf:") and os.path.isfile(latest):
-            key = open(latest).read().strip()
-            return key, f"{spec.source} is unreachable; using the cache prepared for it earlier ({key})"
+            return fallback(spec.source)
         raise
-    return cache_key(spec, source.fingerprint), None
+    try:
+        return cache_key(spec, source.fingerprint), None, source
+    except WidthlabError:  # a hub tokenizer's name is hashed through its JSON, which needs the hub (or its cache)
+        hub = not os.path.isfile(spec.tokenizer_path or "") and is_hub_name(spec.tokenizer_path or "")
+        if spec.tokenizer_path and hub and os.path.isfile(latest):
+            return fallback(f"the tokenizer {spec.tokenizer_path}")
+        raise
 
 
 def _remember(spec: DataSpec, cache_dir: str, key: str) -> None:
+    fn = os.path.join(cache_dir, "latest", _settings_hash(spec))
+    if os.path.isfile(fn) and open(fn).read().strip() == key:
+        return
     os.makedirs(os.path.join(cache_dir, "latest"), exist_ok=True)
     tmp = os.path.join(cache_dir, "latest", f".{key}.{os.getpid()}")
     with open(tmp, "w") as f:
@@ -143,12 +172,17 @@ def build_or_load(source: str = "ptb", vocab_size: int = 4096, tokenizer_path: s
     if spec.source.startswith("tokens:"):
         from widthlab.data.tokens import index_tokens
         return index_tokens(spec.source[7:], cache_dir, verify)
-    key, note = _fingerprint(spec, cache_dir)
+    key, note, src = _fingerprint(spec, cache_dir)
     path = os.path.join(cache_dir, key)
     if note:
         print(note, file=sys.stderr)
     if _complete(path, verify):
+        if src is not None:  # also a cache built elsewhere or by an older version: offline jobs can find it
+            _remember(spec, cache_dir, key)
         return path
+    if src is None:
+        raise WidthlabError(f"the token cache {path} prepared for {spec.source} is gone or incomplete and the "
+                            "source cannot be reached; go online and run `python -m train prepare` again")
     os.makedirs(cache_dir, exist_ok=True)
     with _lock(path):
         if _complete(path, verify):  # another process built it while we waited
@@ -159,11 +193,12 @@ def build_or_load(source: str = "ptb", vocab_size: int = 4096, tokenizer_path: s
         work = os.path.join(cache_dir, f".{key}.building")
         os.makedirs(work, exist_ok=True)
         try:
-            _build(spec, work, Limits(max_docs, spec.max_train_tokens, spec.holdout_docs, spec.holdout_every,
-                                      shard_tokens, batch_bytes), progress)
+            if not _complete(work):  # complete: finished, then killed before this rename
+                _build(spec, src, work, Limits(max_docs, spec.max_train_tokens, spec.holdout_docs,
+                                               spec.holdout_every, shard_tokens, batch_bytes), progress)
         except WidthlabError:  # bad input: nothing is left behind (a crash or kill keeps the shards to resume)
             shutil.rmtree(work, ignore_errors=True)
-            # every builder of these settings fails the same way, so unlinking a lock others may wait on is safe
+            # every builder of these settings fails the same way; _lock copes with a waiter's file being removed
             os.remove(path + ".lock")
             raise
         os.replace(work, path)
@@ -177,6 +212,8 @@ def _tokenizer(spec: DataSpec, source, work: str, progress: bool):
         return load_tokenizer(fn)
     if spec.tokenizer_path is not None:
         tok = load_tokenizer(spec.tokenizer_path)
+        tok.no_truncation()  # a tokenizer.json made for a model's inputs may cut or pad them: documents stay whole
+        tok.no_padding()
     else:
         from tqdm import tqdm
 
@@ -187,7 +224,7 @@ def _tokenizer(spec: DataSpec, source, work: str, progress: bool):
         train = next(s for s in source.streams if s.split == "train")
         with tqdm(desc="BPE sample", unit="B", unit_scale=True, file=sys.stderr, disable=not progress,
                   total=min(spec.bpe_sample_bytes, train.nbytes or spec.bpe_sample_bytes), dynamic_ncols=True) as bar:
-            docs = bpe_sample(train.open(0), spec.bpe_sample_bytes, on_doc=lambda d: bar.update(len(d)))
+            docs = bpe_sample(_train_only(train, spec), spec.bpe_sample_bytes, on_doc=lambda d: bar.update(len(d)))
             if source.spec == "ptb":  # PTB is 5 MB: one list, exactly as earlier versions trained on it
                 docs = list(docs)
             tok = train_bpe(docs, spec.vocab_size, special_tokens=special, show_progress=progress)
@@ -197,9 +234,20 @@ def _tokenizer(spec: DataSpec, source, work: str, progress: bool):
     return tok
 
 
-def _build(spec: DataSpec, work: str, limits: Limits, progress: bool) -> None:
+def _train_only(train, spec: DataSpec):
+    """The train stream's documents less those held out for valid/test (routed as the build routes them), so
+    the BPE never sees held-out text."""
+    if not train.holdout:
+        yield from train.open(0)
+        return
+    route = Holdout(train.holdout, spec.holdout_docs, spec.holdout_every)
+    for i, d in enumerate(train.open(0)):
+        if route.route(i)[0] == "train":
+            yield d
+
+
+def _build(spec: DataSpec, source, work: str, limits: Limits, progress: bool) -> None:
     t0 = time.time()
-    source = open_source(spec.source, spec.text_column, spec.holdout_docs, spec.holdout_every)
     tok = _tokenizer(spec, source, work, progress)
     t_tok = time.time()
     state = tokenize_source(source, tok, work, limits, separator_id(tok, spec.doc_separator), progress)

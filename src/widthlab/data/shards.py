@@ -118,6 +118,8 @@ class TokenView:
             return self._range(start, stop)
         if isinstance(key, (int, np.integer)):
             k = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= k < len(self):
+                raise IndexError(f"token index {int(key)} out of range for {len(self)} tokens")
             s = int(np.searchsorted(self.bounds, k, side="right")) - 1
             return self.maps[s][k - self.bounds[s]]
         raise TypeError(f"TokenView indices are ints or slices, not {type(key).__name__}")
@@ -135,6 +137,9 @@ class TokenView:
 
     def windows(self, starts: np.ndarray, n: int) -> np.ndarray:
         """(len(starts), n) array of the tokens [start, start + n) for each start."""
+        if len(starts) and (starts.min() < 0 or starts.max() + n > len(self)):
+            raise IndexError(f"windows of {n} tokens from {starts.min()}..{starts.max()} out of range for "
+                             f"{len(self)} tokens")
         if len(self.files) == 1:
             return self.maps[0][starts[:, None] + np.arange(n)]
         return np.stack([self._range(int(s), int(s) + n) for s in starts])

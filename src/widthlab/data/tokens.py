@@ -8,7 +8,7 @@ The directory holds flat token files and a small `tokens.json`:
       train-00000.bin     raw little-endian token ids (nanoGPT's train.bin, llm.c shards without header) or .npy
       train-00001.bin
       valid.bin           the files of a split are the ones whose name starts with train / valid (or val) / test,
-      test.bin            taken in sorted order
+      test.bin            taken in natural order (train-2 before train-10)
       tokenizer.json      optional: decoding and `analyze` use it when present
 
 widthlab indexes the files (sizes, unigram counts of train, one pass in bounded memory) into
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -31,8 +32,13 @@ from widthlab.data.shards import hash_file
 _PREFIX = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}
 
 
+def _natural(name: str) -> list:
+    """Sort key: numbers by value, so train-2.bin comes before train-10.bin."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
 def _files(d: str) -> dict[str, list[str]]:
-    names = sorted(f for f in os.listdir(d) if f.endswith((".bin", ".npy")))
+    names = sorted((f for f in os.listdir(d) if f.endswith((".bin", ".npy"))), key=_natural)
     out = {split: [os.path.join(d, f) for f in names if f.startswith(prefixes)] for split, prefixes in _PREFIX.items()}
     for split, fs in out.items():
         if not fs:
@@ -72,6 +78,21 @@ def index_tokens(d: str, cache_dir: str, verify: bool = False) -> str:
     path = os.path.join(cache_dir, key)
     if os.path.isfile(os.path.join(path, "meta.json")) and not verify:
         return path
+    from widthlab.data.cache import _lock
+    os.makedirs(cache_dir, exist_ok=True)
+    with _lock(path):  # one indexer at a time; the others wait, then read its meta.json
+        if os.path.isfile(os.path.join(path, "meta.json")) and not verify:
+            return path
+        try:
+            _index(d, files, spec, vocab, dtype, key, path)
+        except WidthlabError:  # bad input leaves nothing behind (every indexer of these files fails the same way)
+            os.remove(path + ".lock")
+            raise
+    return path
+
+
+def _index(d: str, files: dict, spec: dict, vocab: int, dtype: np.dtype, key: str, path: str) -> None:
+    """Sizes, train unigram counts and checksums of every file into <path>/meta.json (bounded memory)."""
     splits, unigram = {}, np.zeros(vocab, dtype=np.int64)
     for split, fs in files.items():
         shards = []
@@ -111,4 +132,3 @@ def index_tokens(d: str, cache_dir: str, verify: bool = False) -> str:
         json.dump(meta, f)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-    return path
