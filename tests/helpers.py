@@ -37,3 +37,12 @@ def scalars(logdir) -> dict[str, list[tuple[int, float]]]:
         for tag in acc.Tags()["scalars"]:
             out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return out
+
+
+# What building a token cache prints on stderr before any error (progress bars, its summary, a note on holdouts):
+# information, not part of an error's one line.
+DATA_PROGRESS = ("BPE sample", "tokenising", "token cache built", "note: ", "waiting for another process")
+
+
+def without_progress(err: str) -> list[str]:
+    return [line for line in err.strip().splitlines() if line.strip() and not line.startswith(DATA_PROGRESS)]

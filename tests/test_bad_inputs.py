@@ -12,6 +12,7 @@ import zipfile
 
 import pytest
 from conftest import REPO
+from helpers import without_progress
 
 from widthlab.cli import main
 
@@ -138,7 +139,7 @@ def test_bad_input_is_one_line(name, inputs, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:  # any other exception would be a traceback for the user
         main(args(inputs))
     assert e.value.code == 2
-    *info, err = capsys.readouterr().err.strip().splitlines()
+    *info, err = without_progress(capsys.readouterr().err)
     assert err.startswith("error: ") and match in err, err
     assert all(line.removeprefix("INFO: ").startswith(LIGHTNING_INFO) for line in info), info
     assert _tree(inputs) == before  # nothing half-written: no run dir, config.yaml, events, report or JSON

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import scalars, tiny_args
+from helpers import scalars, tiny_args, without_progress
 
 from widthlab.callbacks.run_info import TRAIN_EVAL_SEED
 from widthlab.cli import main
@@ -125,7 +125,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, cache_dir, capsys, e
     root = tmp_path / "run"
     err = _fails(tiny_args(root, cache_dir, 4, extra), capsys, match)
     if "error: " in err and "usage" not in err:
-        assert len(err.strip().splitlines()) == 1
+        assert len(without_progress(err)) == 1, err
     assert not root.exists() or not any(root.iterdir())
 
 

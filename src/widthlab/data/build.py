@@ -26,6 +26,12 @@ from widthlab.data.shards import ShardWriter, token_dtype
 from widthlab.data.sources import SPLITS, Holdout, Source, Stream, text_stats
 
 
+def bar_interval() -> float:
+    """Seconds between progress-bar updates: live on a terminal; in a log file (a sweep point's stdout.log, a
+    SLURM job's output) one line every 30 s, not thousands."""
+    return 0.2 if sys.stderr.isatty() else 30.0
+
+
 @dataclass
 class Limits:
     max_docs: int | None = None           # documents read per stream
@@ -82,6 +88,7 @@ def tokenize_source(source: Source, tok, out: str, limits: Limits, sep_id: int |
     unigram = np.asarray(state["unigram"], dtype=np.int64)
     t0, done0 = time.time(), sum(s["tokens"] for s in state["stats"].values())
     bar = tqdm(desc="tokenising", unit="B", unit_scale=True, disable=not progress, file=sys.stderr,
+               mininterval=bar_interval(),
                total=sum(s.nbytes or 0 for s in source.streams) or None, dynamic_ncols=True)
     with bar:
         bar.update(sum(state["stats"][s]["bytes"] for s in SPLITS))

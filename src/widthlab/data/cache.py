@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from widthlab import WidthlabError
-from widthlab.data.build import Limits, tokenize_source
+from widthlab.data.build import Limits, bar_interval, tokenize_source
 from widthlab.data.shards import TokenView, hash_file
 from widthlab.data.sources import SPLITS, Holdout, open_source
 from widthlab.data.tokenizer import bpe_sample, is_hub_name, load_tokenizer, separator_id, train_bpe
@@ -222,7 +222,8 @@ def _tokenizer(spec: DataSpec, source, work: str, progress: bool):
         if spec.vocab_size < MIN_VOCAB + len(special):  # before any text is read
             train_bpe([], spec.vocab_size, special_tokens=special)
         train = next(s for s in source.streams if s.split == "train")
-        with tqdm(desc="BPE sample", unit="B", unit_scale=True, file=sys.stderr, disable=not progress,
+        with tqdm(desc="BPE sample", unit="B", unit_scale=True, file=sys.stderr, mininterval=bar_interval(),
+                  disable=not progress,
                   total=min(spec.bpe_sample_bytes, train.nbytes or spec.bpe_sample_bytes), dynamic_ncols=True) as bar:
             docs = bpe_sample(_train_only(train, spec), spec.bpe_sample_bytes, on_doc=lambda d: bar.update(len(d)))
             if source.spec == "ptb":  # PTB is 5 MB: one list, exactly as earlier versions trained on it
