@@ -12,6 +12,7 @@ import yaml
 
 from widthlab import WidthlabError
 from widthlab.scaling.report import compare
+from widthlab.scaling.selection import selection_lines
 from widthlab.sweep import plan, sweep
 from widthlab.tuning import (baseline_tuning, choose, confirm_arms, expand_grids, expand_only, short_names,
                              split_arm)
@@ -152,6 +153,52 @@ def test_incomplete_tuning_waits_and_a_recorded_selection_is_kept(tmp_path):
         confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=got.record)
     with pytest.raises(WidthlabError, match="select.loss is 'val_loss', but this sweep recorded"):
         confirm_arms({"from": src, "loss": "val_loss"}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=got.record)
+
+
+def test_a_recorded_selection_cannot_be_changed_after_the_data(tmp_path):
+    """A referee's holes (session 9): an idea dropped from the tuning recipe after its selection vanished from the
+    confirmation without a word (and from its Holm family); a grid widened after the selection, or the tuning seeds
+    changed, re-selected silently when the winner happened to stay; select.baseline could change; a path written
+    with a trailing '/' was a spurious change."""
+    loss = lambda a, d, s: 3.9 if a in ("decay@gamma=-3", "z@coef=1e-05") else 4.0  # noqa: E731
+    src = write_archive(tmp_path / "tune", TUNE_ARMS, [8], [10], loss)
+    rec = confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}).record
+    assert set(rec["ideas"]) == {"decay", "z"}
+    # the same call again, the path spelled with a trailing '/': accepted, the first record kept as it was
+    again = confirm_arms({"from": src + "/"}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
+    assert again.record["ideas"] == rec["ideas"]
+    # z dropped from the tuning recipe (its tuning sweep re-run without it): refused, not silently left out
+    write_archive(tmp_path / "tune", {"decay": TUNE_ARMS["decay"]}, [8], [10], loss)
+    with pytest.raises(WidthlabError, match="select: z was selected and recorded by this sweep, but .* no longer"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
+    # decay's grid widened after the selection (the winner unchanged): refused, also while the new value waits
+    wider = {**TUNE_ARMS,
+             "decay": {**TUNE_ARMS["decay"], "grid": {"model.interventions.0.init_args.gamma": GAMMAS + [-10.0]}}}
+    for missing in (True, False):
+        write_archive(tmp_path / "tune", wider, [8], [10],
+                      lambda a, d, s: None if missing and a == "decay@gamma=-10" else loss(a, d, s))
+        with pytest.raises(WidthlabError, match="select: decay's grid in .* is now .* but this sweep recorded"):
+            confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
+    # the tuning seeds changed under the record (the winner unchanged): refused
+    write_archive(tmp_path / "tune", TUNE_ARMS, [8], [11], loss)
+    with pytest.raises(WidthlabError, match="select: decay's seeds in .* is now \\[11\\], but this sweep recorded"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
+    write_archive(tmp_path / "tune", TUNE_ARMS, [8], [10], loss)
+    with pytest.raises(WidthlabError, match="select.baseline is 'docs/results/ptb_id_lr_scan', but this sweep"):
+        confirm_arms({"from": src, "baseline": "docs/results/ptb_id_lr_scan"}, {}, [20], "recipes/ptb_id.yaml", {},
+                     recorded=rec)
+
+
+def test_the_report_flags_a_winner_at_the_edge_of_its_grid(tmp_path):
+    """A winner at the lowest or highest of ≥ 3 numeric values was bounded, not tuned: the Selection section says so
+    (γ = −3 is the most negative of −0.1 … −3); an inner winner (−0.3), or one of two values, is not flagged."""
+    for best, flagged in (("decay@gamma=-3", True), ("decay@gamma=-0.3", False)):
+        src = write_archive(tmp_path / best, TUNE_ARMS, [8], [10], lambda a, d, s: 3.9 if a == best else 4.0)
+        md = "\n".join(selection_lines([confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}).record]))
+        row = next(line for line in md.splitlines() if "**selected**" in line and "gamma" in line)
+        assert ("at the edge of its grid in gamma" in row) == flagged, row
+        z_row = next(line for line in md.splitlines() if "**selected**" in line and "coef" in line)
+        assert "edge" not in z_row  # two values: no inside to be at the edge of
 
 
 def test_the_baselines_lr_scan_is_its_tuning(tmp_path):

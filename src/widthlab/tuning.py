@@ -18,8 +18,9 @@ a rule fixed before any run, `select: {from: docs/results/<tuning>, rule: mean_l
 and each idea's winner under its sub-arm name, run on the confirmation's seeds at its widths. Those seeds must be
 fresh: under the null (no value better than the baseline) a winner's tuning runs look better than they are, by the
 selection alone; runs on new seeds are independent of it, so the confirmation's paired t keeps its level
-(tests/test_selection.py measures both). The confirmation's sweep.json records the selection; a later call that
-would select differently is refused. compare refuses tuning runs and shows the selection (scaling/selection.py).
+(tests/test_selection.py measures both). The confirmation's sweep.json records the selection: the rule and, per
+idea, its grid, tuning seeds and winner; a later call that changes any of it, or drops a recorded idea, is refused.
+compare refuses tuning runs and shows the selection (scaling/selection.py).
 """
 from __future__ import annotations
 
@@ -334,6 +335,11 @@ def baseline_tuning(path: str, rule: dict, recipe: dict, overrides: dict, base_o
             "steps": (spec.get("overrides") or {}).get("trainer.max_steps"), "recipe": spec.get("recipe")}
 
 
+def _same(key: str, a: Any, b: Any) -> bool:
+    """A recorded select: value and today's: paths as the same directory (a trailing '/' is no change)."""
+    return os.path.normpath(a) == os.path.normpath(b) if key in ("from", "baseline") and a and b else a == b
+
+
 def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str, overrides: dict | None,
                  recorded: dict | None = None) -> Chosen:
     """A confirmation sweep's arms: its own (the baseline; no grids) and, per idea of the tuning archive whose
@@ -373,11 +379,23 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     cells = _cells(rows, rule["loss"])
     ideas, notes = {}, []
     old = (recorded or {}).get("ideas") or {}
-    if recorded and (changed := [k for k in ("from", "rule", "widths", "loss", "tie") if recorded.get(k) != rule[k]]):
+    if recorded and (changed := [k for k in ("from", "rule", "widths", "loss", "tie", "baseline")
+                                 if not _same(k, recorded.get(k), rule[k])]):
         raise WidthlabError(f"select.{changed[0]} is {rule[changed[0]]!r}, but this sweep recorded its selection with "
                             f"{recorded.get(changed[0])!r}: a rule is fixed before the runs; start a new confirmation "
                             "sweep (new name and archive) to select by another")
+    # A recorded idea stays, with its grid, tuning seeds and winner: dropping one after its runs would shrink the
+    # verdicts' Holm family, and widening a grid re-selects on the same data. The first record stands.
+    if gone := [i for i in old if i not in grids]:
+        raise WidthlabError(f"select: {gone[0]} was selected and recorded by this sweep, but {src} no longer has its "
+                            "grid: an idea once selected stays in its confirmation; restore its arm in the tuning "
+                            "recipe, or start a new confirmation sweep (new name and archive)")
     for idea, raw in grids.items():
+        now = {"grid": raw[GRID], "seeds": list(raw.get("seeds") or tuning.get("seeds") or [])}
+        if idea in old and (diff := [k for k in now if old[idea].get(k) != now[k]]):
+            raise WidthlabError(f"select: {idea}'s {diff[0]} in {src} is now {now[diff[0]]}, but this sweep recorded "
+                                f"{old[idea].get(diff[0])}: the tuning changed after the selection; restore it, or "
+                                "start a new confirmation sweep (new name and archive)")
         got = select_idea(idea, raw, tuning, cells, rule, fit_recipe)
         if "missing" in got:
             if idea in old:  # recorded before: the confirmation keeps it
@@ -387,11 +405,11 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
             notes.append(f"select: {idea} not selected yet ({got['missing']} tuning run(s) missing at d = "
                          f"{rule['widths']}): {run} --only '[{idea}]'")
             continue
-        if idea in old and old[idea].get("winner") != got["winner"]:
-            raise WidthlabError(f"select: {idea}'s winner in {src} is now {got['winner']}, but this sweep recorded "
-                                f"{old[idea].get('winner')}: the tuning runs changed after the selection; restore "
+        if idea in old and (diff := [k for k in ("winner", "overrides") if old[idea].get(k) != got[k]]):
+            raise WidthlabError(f"select: {idea}'s {diff[0]} in {src} is now {got[diff[0]]}, but this sweep recorded "
+                                f"{old[idea].get(diff[0])}: the tuning runs changed after the selection; restore "
                                 "them, or start a new confirmation sweep (new name and archive)")
-        ideas[idea] = got
+        ideas[idea] = old.get(idea) or got
     if not ideas:
         raise WidthlabError(f"nothing to select yet: run the tuning sweep first ({src} has no idea with every "
                             f"value run at d = {rule['widths']})")

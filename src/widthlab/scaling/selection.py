@@ -44,6 +44,15 @@ def _knobs(knobs: dict) -> str:
     return ", ".join(f"{k} = {fmt_value(v)}" for k, v in knobs.items())
 
 
+def _edge(grid: dict | None, knobs: dict) -> str:
+    """', at the edge of its grid in <knob>' when the winner takes the lowest or highest of a knob's ≥ 3 numeric
+    values: then the best value may lie beyond the grid, and the idea was not tuned in that knob, only bounded."""
+    at = [k for (_, vals), (k, val) in zip((grid or {}).items(), knobs.items())
+          if len(vals) >= 3 and all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in vals)
+          and val in (min(vals), max(vals))]
+    return f", at the edge of its grid in {', '.join(at)}: the best value may lie beyond it" if at else ""
+
+
 def selection_lines(records: list[dict] | None) -> list[str]:
     """report.md's Selection section: per idea every value tried with its tuning losses, the winner and the rule;
     the baseline's own tuning (its LR scan) beside them."""
@@ -68,8 +77,8 @@ def selection_lines(records: list[dict] | None) -> list[str]:
         for idea, v in ideas.items():
             for i, x in enumerate(v.get("values") or []):
                 untuned = all(v.get("default", {}).get(k) == val for k, val in x["knobs"].items())
-                mark = ("**selected**" + (" (tie)" if v.get("tied") else "") if x["arm"] == v.get("winner") else
-                        "tied" if x["arm"] in (v.get("tied") or []) else "")
+                mark = ("**selected**" + (" (tie)" if v.get("tied") else "") + _edge(v.get("grid"), x["knobs"])
+                        if x["arm"] == v.get("winner") else "tied" if x["arm"] in (v.get("tied") or []) else "")
                 mark += (", " if mark else "") + "untuned value" if untuned else ""
                 lines.append(f"| {idea if i == 0 else ''} | {_knobs(x['knobs'])} | "
                              + " | ".join(_loss(y) for y in x["loss"]) + f" | {_loss(x['mean'])} | {mark} |")
