@@ -310,3 +310,18 @@ def test_the_compiled_loss_equals_the_eager_one():
         assert abs(float(lc) - float(le)) <= tol * float(le), (autocast, float(lc), float(le))
         for k in ge:
             assert torch.allclose(gc[k], ge[k], rtol=tol * 10, atol=tol * 1e-2), (autocast, k)
+
+
+def test_step_and_validation_checkpoints_share_one_last_ckpt(tmp_path, cache_dir):
+    """Validation every 4 steps and a step checkpoint every 3: both write checkpoints/last.ckpt (Lightning's version
+    counter would otherwise add last-v1.ckpt beside it), and a resume continues from the newest."""
+    root = tmp_path / "run"
+    extra = ["--step_checkpoint.every_n_steps", "3", "--trainer.val_check_interval", "4"]
+    crash = ['--trainer.callbacks+={"class_path": "helpers.CrashAt", "init_args": {"step": 7}}']
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_lightning_cli(tiny_args(root, cache_dir, 12, [*extra, *crash]))
+    assert sorted(os.listdir(root / "checkpoints")) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    run_lightning_cli(tiny_args(root, cache_dir, 12, [*extra, "--ckpt_path", "last"]))
+    assert sorted(os.listdir(root / "checkpoints")) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12

@@ -54,7 +54,9 @@ class WidthlabCLI(LightningCLI):
         parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")  # last.ckpt every N steps and on SIGTERM
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.monitor": "val/loss",
                              "checkpoint.filename": "best", "checkpoint.save_top_k": 1, "checkpoint.mode": "min",
-                             "checkpoint.auto_insert_metric_name": False})
+                             "checkpoint.auto_insert_metric_name": False,
+                             # StepCheckpoint writes the same last.ckpt: overwrite it, never version it to last-v1
+                             "checkpoint.enable_version_counter": False})
 
     def instantiate_trainer(self, **kwargs):
         root = self._get(self.config_init, "trainer.default_root_dir") or "runs/default"

@@ -36,8 +36,10 @@ class StepCheckpoint(ModelCheckpoint):
             from widthlab import WidthlabError
             raise WidthlabError(f"step_checkpoint.every_n_steps must be >= 1 or null (got {every_n_steps})")
         # save_top_k 0 and no epoch trigger: only last.ckpt, only on the steps (and on SIGTERM)
+        # enable_version_counter off: the run's ModelCheckpoint writes the same last.ckpt, and Lightning would
+        # otherwise write ours to last-v1.ckpt beside it (both callbacks are told to overwrite).
         super().__init__(save_last=True, save_top_k=0, every_n_train_steps=every_n_steps or 0, every_n_epochs=0,
-                         save_on_train_epoch_end=False)
+                         save_on_train_epoch_end=False, enable_version_counter=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
