@@ -7,7 +7,7 @@ Runs are keyed by seed as real ones are: a seed fixes the initialisation and dat
 every arm at that seed and width, and a configuration (arm, width, seed) is one deterministic run — a confirmation
 that lists the tuning seed re-runs, i.e. reproduces, the very runs that chose the winner. (A referee's finding,
 session 9: the first version drew the confirmation runs independently of the tuning runs, so no leak could show.)
-The rule is tuning.select_idea's and the verdict scaling.report._pooled's (seedtests.pooled_delta's paired t over
+The rule is selection_rule.select_idea's and the verdict scaling.report._pooled's (seedtests.pooled_delta's paired t over
 seeds, Holm over arms, the lowers/raises words): the level tests use a vectorised copy of both, checked equal to the
 code's own on every draw of test_the_simulation_uses_the_codes_own_rule_and_verdict. The false rate does not depend
 on the noise sizes (a seed's effect cancels in the selection and in the paired difference; the rest scales), so
@@ -20,7 +20,8 @@ from widthlab import WidthlabError
 from widthlab.scaling.inference import Design
 from widthlab.scaling.report import _pooled
 from widthlab.scaling.selection import selections
-from widthlab.tuning import grid_points, select_idea
+from widthlab.selection_rule import select_idea
+from widthlab.tuning import grid_points
 
 WIDTHS = [8, 16, 24, 32, 48]
 TUNING_W = [0, 2]                                   # indices of d = 8 and 24, the tuning widths

@@ -1,6 +1,6 @@
-"""Grids over an arm's knobs and the tuning protocol (widthlab.tuning): sub-arm names and overrides, the selection
-rule and its tie-break, fresh seeds, a selection that stays fixed, and a tiny tuning → confirmation → compare run
-end to end with real fits."""
+"""Grids over an arm's knobs (widthlab.tuning) and the tuning protocol (widthlab.selection_rule): sub-arm names and
+overrides, the selection rule and its tie-break, fresh seeds, a selection that stays fixed, and a tiny tuning →
+confirmation → compare run end to end with real fits."""
 import csv
 import json
 import os
@@ -14,8 +14,8 @@ from widthlab import WidthlabError
 from widthlab.scaling.report import compare
 from widthlab.scaling.selection import selection_lines
 from widthlab.sweep import plan, sweep
-from widthlab.tuning import (baseline_tuning, choose, confirm_arms, expand_grids, expand_only, short_names,
-                             split_arm)
+from widthlab.selection_rule import baseline_tuning, choose, confirm_arms
+from widthlab.tuning import expand_grids, expand_only, short_names, split_arm
 
 DECAY = {"class_path": "widthlab.interventions.signed_decay.SignedRowDecay", "init_args": {"gamma": -1.0}}
 ZLOSS = {"class_path": "widthlab.interventions.logits.ZLoss", "init_args": {"coef": 1e-4}}

@@ -42,7 +42,8 @@ from widthlab.callbacks.run_info import write_json_atomic
 from widthlab.launchers import ClusterOptions, check_engine, job_minutes, run_jobs, slot_env, start_fit
 from widthlab.plan import Budget, PlanOptions, describe_rule, plan_rows, resolve, with_overrides
 from widthlab.plan_table import table
-from widthlab.tuning import ARM_NAME, confirm_arms, expand_grids, expand_only
+from widthlab.selection_rule import confirm_arms
+from widthlab.tuning import ARM_NAME, expand_grids, expand_only
 
 
 @dataclass
@@ -235,7 +236,7 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
             reads them
         plan: how the plan's hours are estimated (widthlab.plan.PlanOptions), e.g. {device: h100, mfu: 0.35}
         share_gpu: allow devices > visible GPUs: runs share GPUs round-robin (CUDA_VISIBLE_DEVICES per run)
-        select: a confirmation sweep (widthlab.tuning): {from: <tuning archive>, rule: mean_loss, widths: [8, 24]}
+        select: a confirmation sweep (widthlab.selection_rule): {from: <tuning archive>, rule: mean_loss, widths: [8, 24]}
             adds each idea's value chosen from the tuning runs of its grid: as an arm, run on these (fresh) seeds
 
     Returns:

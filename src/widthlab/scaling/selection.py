@@ -1,8 +1,8 @@
 """The selection behind a confirmation sweep, for `compare`: read from its sweep.json, shown beside the verdict.
 
-A tuning sweep (an arm with a grid:, widthlab.tuning) only selects values; its runs are never judged: the winner's
-tuning runs are biased toward "lowers" by the selection itself (tests/test_selection.py measures how much), so
-compare refuses them and judges the confirmation sweep, whose sweep.json records what was selected, from which
+A tuning sweep (an arm with a grid:, widthlab.tuning) only selects values (widthlab.selection_rule); its runs are
+never judged: the winner's tuning runs are biased toward "lowers" by the selection itself (tests/test_selection.py
+measures how much), so compare refuses them and judges the confirmation sweep, whose sweep.json records what was selected, from which
 values, by which rule. This module turns that record into report.md's Selection section.
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from widthlab import WidthlabError
-from widthlab.tuning import GRID, RULES, fmt_value
+from widthlab.selection_rule import RULES
+from widthlab.tuning import GRID, fmt_value
 
 
 def _sweep_json(p: Path) -> dict:
