@@ -211,6 +211,75 @@ def test_the_baselines_lr_scan_is_its_tuning(tmp_path):
                       "baseline": "docs/results/ptb_id_lr_scan"}, {}, [0], "recipes/ptb_id.yaml", {})
 
 
+LRS = [3e-3, 1e-2, 2e-2]
+BASE_GRID = {"baseline": {"grid": {"model.lr": LRS}}}
+
+
+def test_the_baseline_tuned_in_the_same_sweep_is_the_comparator(tmp_path):
+    """A referee's point (session 10): the baseline's LR was scanned at 712 steps while the ideas were tuned at 1780,
+    and unit-norm/sigsoftmax got their LR tuned there. A grid under the baseline's own name in the tuning sweep is its
+    tuning at the ideas' budget: the confirmation's `baseline` arm runs at its winner by the same rule (keeping its
+    name, so compare judges every idea against it), and its record stays fixed like an idea's."""
+    tune = {**BASE_GRID, **TUNE_ARMS}
+    loss = lambda a, d, s: {"baseline@lr=0.02": 3.9, "decay@gamma=-0.3": 3.95}.get(a, 4.0) + 0.01 * d  # noqa: E731
+    src = write_archive(tmp_path / "tune", tune, [8, 24], [10], loss)
+    got = confirm_arms({"from": src}, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {})
+    assert list(got.arms) == ["baseline", "decay@gamma=-0.3", "z@coef=1e-05"]  # no baseline@lr=… arm
+    assert got.arms["baseline"] == {"model.lr": 0.02}
+    tb = got.record["tuned_baseline"]
+    assert tb["winner"] == "baseline@lr=0.02" and tb["arm"] == "baseline" and tb["default"] == {"lr": 0.01}
+    assert [v["mean"] for v in tb["values"]] == pytest.approx([4.16, 4.16, 4.06])
+    assert set(got.record["ideas"]) == {"decay", "z"}  # the baseline is the comparator, not an idea (Holm family)
+    assert any(n.startswith("select: baseline → baseline@lr=0.02") and "runs with {'model.lr': 0.02}" in n
+               for n in got.notes)
+    # Its own seeds stay the confirmation's; its overrides are the winner's.
+    assert confirm_arms({"from": src}, {"baseline": {"seeds": [20, 21, 22]}}, [20, 21], "recipes/ptb_id.yaml",
+                        {}).arms["baseline"] == {"seeds": [20, 21, 22], "model.lr": 0.02}
+    # The report's Selection section lists the baseline's grid first, its winner as the arm it became.
+    md = "\n".join(selection_lines([got.record]))
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| idea")]
+    assert rows[0].startswith("| baseline | lr = 0.003 |")
+    assert "lr = 0.01 | 4.0800 | 4.2400 | 4.1600 | untuned" in rows[1]
+    assert "**selected**: the `baseline` arm, at the edge of its grid in lr" in rows[2]
+    assert "The baseline had the ideas' budget: its own grid (model.lr)" in md and "not tuned here" not in md
+    # Without a grid of its own the report says the baseline was not tuned.
+    untuned = confirm_arms({"from": write_archive(tmp_path / "t2", TUNE_ARMS, [8], [10], loss)}, {}, [20],
+                           "recipes/ptb_id.yaml", {})
+    assert untuned.arms["baseline"] == {} and untuned.record["tuned_baseline"] is None
+    assert "The baseline was not tuned here" in "\n".join(selection_lines([untuned.record]))
+
+
+def test_the_baselines_tuning_must_be_complete_and_stays_as_recorded(tmp_path):
+    tune = {**BASE_GRID, **TUNE_ARMS}
+    best = lambda lr: lambda a, d, s: 3.9 if a == f"baseline@lr={lr}" else 4.0  # noqa: E731
+    src = write_archive(tmp_path / "tune", tune, [8], [10],
+                        lambda a, d, s: None if a == "baseline@lr=0.003" else best("0.02")(a, d, s))
+    with pytest.raises(WidthlabError, match=r"^select: baseline's own tuning has 1 run\(s\) missing at d = \[8\] in "
+                                            r".*; every idea is judged against its winner, so finish it first: python "
+                                            r"-m train sweep --config t.yaml --only '\[baseline\]'$"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {})
+    write_archive(tmp_path / "tune", tune, [8], [10], best("0.02"))
+    with pytest.raises(WidthlabError, match="arm baseline sets model.lr in the confirmation, but its grid in .* "
+                                            "selects it; drop model.lr"):
+        confirm_arms({"from": src}, {"baseline": {"model.lr": 0.01}}, [20], "recipes/ptb_id.yaml", {})
+    rec = confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}).record
+    # the baseline's tuning runs change after the record: refused, like an idea's
+    write_archive(tmp_path / "tune", tune, [8], [10], best("0.003"))
+    with pytest.raises(WidthlabError, match="select: baseline's winner in .* is now baseline@lr=0.003, but this sweep "
+                                            "recorded baseline@lr=0.02"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
+    # its grid dropped from the tuning recipe: refused; a grid appearing under a record of an untuned one: refused
+    write_archive(tmp_path / "tune", TUNE_ARMS, [8], [10], best("0.02"))
+    with pytest.raises(WidthlabError, match="select: baseline was selected from its grid in .* and recorded"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
+    untuned = confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}).record
+    write_archive(tmp_path / "tune", tune, [8], [10], best("0.02"))
+    with pytest.raises(WidthlabError, match="now tunes baseline .* recorded its selection with an untuned baseline"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=untuned)
+    assert confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec).arms["baseline"] == {
+        "model.lr": 0.02}  # as recorded: accepted
+
+
 def test_the_packing_docs_tuning_recipes_plan_as_written(tmp_path):
     with open("docs/packing.md") as f:
         text = f.read()
@@ -240,11 +309,12 @@ def tiny(cache) -> dict:
 def test_tune_then_confirm_then_compare(env, tmp_path, cache_dir, capsys):
     out, docs = tmp_path / "runs", tmp_path / "docs" / "results"
     kw = dict(recipe="recipes/ptb_id.yaml", out_dir=str(out), overrides=tiny(cache_dir), devices=2)
-    arms = {"zloss": {"model.interventions": [ZLOSS], "grid": {"model.interventions.0.init_args.coef": [1e-4, 3.0]}}}
+    arms = {"baseline": {"grid": {"model.lr": [1e-2, 3e-2]}},  # the baseline's own tuning, at the ideas' budget
+            "zloss": {"model.interventions": [ZLOSS], "grid": {"model.interventions.0.init_args.coef": [1e-4, 3.0]}}}
     sweep(widths=[8], seeds=[10], arms=arms, name="tune", archive=str(docs / "tune"), **kw)
     with open(docs / "tune" / "results.csv") as f:
         tuned = {r["arm"]: float(r["val_loss_best"]) for r in csv.DictReader(f)}
-    assert sorted(tuned) == ["zloss@coef=0.0001", "zloss@coef=3"]
+    assert sorted(tuned) == ["baseline@lr=0.01", "baseline@lr=0.03", "zloss@coef=0.0001", "zloss@coef=3"]
     cfg = (docs / "tune" / "runs" / "zloss@coef=3" / "d8" / "s10" / "config.yaml").read_text()
     assert "coef: 3.0" in cfg  # the knob reached the fit
     with pytest.raises(WidthlabError, match="is a tuning sweep"):
@@ -255,9 +325,14 @@ def test_tune_then_confirm_then_compare(env, tmp_path, cache_dir, capsys):
     with pytest.raises(WidthlabError, match="were tuning seeds"):
         sweep(**{**confirm, "seeds": [10, 20]})
     sweep(**confirm)
-    winner = min(tuned, key=tuned.get)
+    winner = min([a for a in tuned if a.startswith("zloss@")], key=tuned.get)
+    base_lr = float(min([a for a in tuned if a.startswith("baseline@")], key=tuned.get).split("=")[1])
     js = json.loads((docs / "confirm" / "sweep.json").read_text())
     assert js["select"]["ideas"]["zloss"]["winner"] == winner and set(js["arms"]) == {"baseline", winner}
+    assert js["arms"]["baseline"] == {"model.lr": base_lr}  # the comparator runs at its own grid's winner
+    for arm, lr in (("baseline", base_lr), (winner, 1e-2)):  # the idea at the recipe's LR (not in its grid)
+        cfg = yaml.safe_load((docs / "confirm" / "runs" / arm / "d16" / "s21" / "config.yaml").read_text())
+        assert cfg["model"]["lr"] == lr
     with open(docs / "confirm" / "results.csv") as f:
         got = sorted((r["arm"], int(r["d_model"]), int(r["seed"])) for r in csv.DictReader(f))
     assert got == sorted((a, w, s) for a in ("baseline", winner) for w in (8, 16, 24) for s in (20, 21))
@@ -275,4 +350,5 @@ def test_tune_then_confirm_then_compare(env, tmp_path, cache_dir, capsys):
     sel = md[md.index("## Selection"):]
     assert md.index("## Verdict") < md.index("## Selection") < md.index("## Figures")
     assert "coef = 0.0001" in sel and "coef = 3" in sel and "**selected**" in sel and "untuned value" in sel
-    assert f"{tuned[winner]:.4f}" in sel
+    assert f"{tuned[winner]:.4f}" in sel and f"{tuned[f'baseline@lr={base_lr:g}']:.4f}" in sel
+    assert "| baseline | lr = 0.01 |" in sel and "**selected**: the `baseline` arm" in sel

@@ -1,14 +1,21 @@
 """Selection: which value of each idea's grid a confirmation sweep runs, by a rule fixed before any run.
 
-A tuning sweep runs the grids on tuning seeds at a few widths; a confirmation sweep names its archive and
-a rule fixed before any run, `select: {from: docs/results/<tuning>, rule: mean_loss, widths: [8, 24]}`.
-`confirm_arms` picks each idea's value by that rule and returns the confirmation's arms: its own (the baseline)
-and each idea's winner under its sub-arm name, run on the confirmation's seeds at its widths. Those seeds must be
-fresh: under the null (no value better than the baseline) a winner's tuning runs look better than they are, by the
-selection alone; runs on new seeds are independent of it, so the confirmation's paired t keeps its level
-(tests/test_selection.py measures both). The confirmation's sweep.json records the selection: the rule and, per
-idea, its grid, tuning seeds and winner; a later call that changes any of it, or drops a recorded idea, is refused.
-compare refuses tuning runs and shows the selection (scaling/selection.py).
+A tuning sweep runs the grids on tuning seeds at a few widths; a confirmation sweep names its archive and a rule
+fixed before any run, `select: {from: docs/results/<tuning>, rule: mean_loss, widths: [8, 24]}`. `confirm_arms`
+picks each idea's value by that rule and returns the confirmation's arms: its own (the baseline) and each idea's
+winner under its sub-arm name, run on the confirmation's seeds at its widths. Those seeds must be fresh: under the
+null (no value better than the baseline) a winner's tuning runs look better than they are, by the selection alone;
+runs on new seeds are independent of it, so the confirmation's paired t keeps its level (tests/test_selection.py
+measures both).
+
+The baseline gets the ideas' tuning budget from a grid of its own in the same tuning sweep (an arm named like the
+confirmation's baseline, e.g. `baseline: {grid: {model.lr: [...]}}`): its winner by the same rule is what the
+confirmation's `baseline` arm runs with (the arm keeps its name), so every idea is judged against the tuned
+baseline.
+
+The confirmation's sweep.json records the selection: the rule and, per idea and for the baseline, its grid, tuning
+seeds and winner; a later call that changes any of it, or drops a recorded idea, is refused. compare refuses tuning
+runs and shows the selection (scaling/selection.py).
 """
 from __future__ import annotations
 
@@ -165,42 +172,72 @@ def _same(key: str, a: Any, b: Any) -> bool:
     return os.path.normpath(a) == os.path.normpath(b) if key in ("from", "baseline") and a and b else a == b
 
 
+def _select_one(idea: str, raw: dict, old: dict | None, tuning: dict, cells: dict, rule: dict, recipe: dict) -> dict:
+    """One grid's selection record, the recorded one if there is one: a grid, tuning seeds, winner or overrides in
+    the tuning archive that differ from the record are refused (the tuning changed after the selection); while runs
+    are missing, the record, else {"missing": n}."""
+    src = rule["from"]
+    now = {"grid": raw[GRID], "seeds": list(raw.get("seeds") or tuning.get("seeds") or [])}
+    if old and (diff := [k for k in now if old.get(k) != now[k]]):
+        raise WidthlabError(f"select: {idea}'s {diff[0]} in {src} is now {now[diff[0]]}, but this sweep recorded "
+                            f"{old.get(diff[0])}: the tuning changed after the selection; restore it, or start a new "
+                            "confirmation sweep (new name and archive)")
+    got = select_idea(idea, raw, tuning, cells, rule, recipe)
+    if "missing" in got:
+        return old or got
+    if old and (diff := [k for k in ("winner", "overrides") if old.get(k) != got[k]]):
+        raise WidthlabError(f"select: {idea}'s {diff[0]} in {src} is now {got[diff[0]]}, but this sweep recorded "
+                            f"{old.get(diff[0])}: the tuning runs changed after the selection; restore them, or start "
+                            "a new confirmation sweep (new name and archive)")
+    return old or got
+
+
+def _note(name: str, v: dict, rule: dict) -> str:
+    best = next(x for x in v["values"] if x["arm"] == v["winner"])
+    return (f"select: {name} → {v['winner']} (mean {rule['loss']} {best['mean']:.4f} over d = {rule['widths']}, "
+            f"{len(v['values'])} values" + (f"; a tie with {len(v['tied']) - 1} other(s), broken toward the untuned "
+                                             "value" if v["tied"] else "") + ")")
+
+
 def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str, overrides: dict | None,
                  recorded: dict | None = None) -> Chosen:
     """A confirmation sweep's arms: its own (the baseline; no grids) and, per idea of the tuning archive whose
-    grid has every run at the tuning widths, the value chosen by the rule, named by its sub-arm. Refuses a
-    confirmation seed that was a tuning seed, and a selection that differs from the one sweep.json recorded."""
+    grid has every run at the tuning widths, the value chosen by the rule, named by its sub-arm. A grid of the
+    baseline's own (an arm of its name in the tuning sweep) is its tuning at the ideas' budget: the confirmation's
+    baseline runs at that grid's winner (chosen by the same rule) and keeps its name, so every idea is judged
+    against it. Refuses a confirmation seed that was a tuning seed, and a selection that differs from the one
+    sweep.json recorded."""
     rule = check_select(select)
     src = rule["from"]
     tuning, rows = read_archive(src)
     if not rows:
         raise WidthlabError(f"nothing to select yet: run the tuning sweep first ({src} has no finished runs)")
-    grids = {a: ov for a, ov in (tuning.get("arms") or {}).items() if isinstance(ov, dict) and GRID in ov}
-    if not grids:
-        raise WidthlabError(f"select.from: {src}/sweep.json has no arm with a grid: to select from; point it at a "
-                            "tuning sweep's archive")
-    tw = sorted(int(w) for w in tuning.get("widths") or [])
-    rule["widths"] = sorted(rule["widths"] or tw)
-    if off := [w for w in rule["widths"] if w not in tw]:
-        raise WidthlabError(f"select.widths {off} were not tuning widths of {src} ({tw}); choose among those")
     own = {a: dict(ov or {}) for a, ov in (arms or {"baseline": {}}).items()}
     if gridded := [a for a, ov in own.items() if GRID in ov]:
         raise WidthlabError(f"arm {gridded[0]} has a grid: in a confirmation sweep (select:); grids belong in the "
                             "tuning sweep, and its winners are added here")
+    base_name = "baseline" if "baseline" in own else next(iter(own))
+    grids = {a: ov for a, ov in (tuning.get("arms") or {}).items() if isinstance(ov, dict) and GRID in ov}
+    base_grid = grids.pop(base_name, None)  # the baseline's own tuning, beside the ideas'
+    if not grids:
+        raise WidthlabError(f"select.from: {src}/sweep.json has no idea's arm with a grid: to select from; point it "
+                            "at a tuning sweep's archive")
+    tw = sorted(int(w) for w in tuning.get("widths") or [])
+    rule["widths"] = sorted(rule["widths"] or tw)
+    if off := [w for w in rule["widths"] if w not in tw]:
+        raise WidthlabError(f"select.widths {off} were not tuning widths of {src} ({tw}); choose among those")
     with open(recipe) as f:
         fit_recipe = yaml.safe_load(f) or {}
-    base_name = "baseline" if "baseline" in own else next(iter(own))
-    base = baseline_tuning(rule["baseline"], rule, fit_recipe, overrides or {}, own[base_name]) \
-        if rule["baseline"] else None
     # Fresh seeds: a seed the selection saw would carry its noise into the verdict (for the baseline too).
     ideas_seeds = {int(s) for ov in tuning["arms"].values() for s in (ov or {}).get("seeds") or tuning.get("seeds")
                    or []} | {int(r["seed"]) for r in rows}
-    tuned = ideas_seeds | (set(base["seeds"]) if base else set())
     mine = {int(s) for s in seeds} | {int(s) for ov in own.values() for s in ov.get("seeds") or []}
+    scan = read_archive(rule["baseline"])[1] if rule["baseline"] else []  # an earlier scan of the baseline's
+    tuned = ideas_seeds | {int(r["seed"]) for r in scan}
     if clash := sorted(tuned & mine):
         raise WidthlabError(f"confirmation seed(s) {clash} were tuning seeds ({src}"
-                            + (f" or {rule['baseline']}" if base else "") + "): give the confirmation fresh seeds, "
-                            f"e.g. seeds: {[max(tuned | mine) + 1 + i for i in range(len(mine))]}")
+                            + (f" or {rule['baseline']}" if rule["baseline"] else "") + "): give the confirmation "
+                            f"fresh seeds, e.g. seeds: {[max(tuned | mine) + 1 + i for i in range(len(mine))]}")
     cells = _cells(rows, rule["loss"])
     ideas, notes = {}, []
     old = (recorded or {}).get("ideas") or {}
@@ -209,6 +246,33 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
         raise WidthlabError(f"select.{changed[0]} is {rule[changed[0]]!r}, but this sweep recorded its selection with "
                             f"{recorded.get(changed[0])!r}: a rule is fixed before the runs; start a new confirmation "
                             "sweep (new name and archive) to select by another")
+    run = tuning.get("command") or "python -m train sweep --config <tuning recipe>"
+    # The comparator: tuned here, or not, as recorded (its runs were made with those settings).
+    old_base = (recorded or {}).get("tuned_baseline")
+    if recorded and old_base and base_grid is None:
+        raise WidthlabError(f"select: {base_name} was selected from its grid in {src} and recorded by this sweep, but "
+                            f"{src} no longer has that grid; restore its arm in the tuning recipe, or start a new "
+                            "confirmation sweep (new name and archive)")
+    if recorded and not old_base and base_grid is not None:
+        raise WidthlabError(f"select: {src} now tunes {base_name} (its arm has a grid), but this sweep recorded its "
+                            f"selection with an untuned {base_name} and ran it so; start a new confirmation sweep (new "
+                            "name and archive) to judge against the tuned one")
+    tuned_base = None
+    if base_grid is not None:
+        tuned_base = _select_one(base_name, base_grid, old_base, tuning, cells, rule, fit_recipe)
+        if "missing" in tuned_base:
+            raise WidthlabError(f"select: {base_name}'s own tuning has {tuned_base['missing']} run(s) missing at d = "
+                                f"{rule['widths']} in {src}; every idea is judged against its winner, so finish it "
+                                f"first: {run} --only '[{base_name}]'")
+        if clash := sorted(set(tuned_base["overrides"]) & set(own[base_name])):
+            raise WidthlabError(f"arm {base_name} sets {clash[0]} in the confirmation, but its grid in {src} selects "
+                                f"it; drop {clash[0]} from the confirmation's arms")
+        tuned_base = {**tuned_base, "arm": base_name}
+        own[base_name] = {**own[base_name], **tuned_base["overrides"]}
+        notes.append(_note(base_name, tuned_base, rule) + f": the confirmation's {base_name} runs with "
+                     f"{tuned_base['overrides']}")
+    base = baseline_tuning(rule["baseline"], rule, fit_recipe, overrides or {}, own[base_name]) \
+        if rule["baseline"] else None
     # A recorded idea stays, with its grid, tuning seeds and winner: dropping one after its runs would shrink the
     # verdicts' Holm family, and widening a grid re-selects on the same data. The first record stands.
     if gone := [i for i in old if i not in grids]:
@@ -216,36 +280,19 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
                             "grid: an idea once selected stays in its confirmation; restore its arm in the tuning "
                             "recipe, or start a new confirmation sweep (new name and archive)")
     for idea, raw in grids.items():
-        now = {"grid": raw[GRID], "seeds": list(raw.get("seeds") or tuning.get("seeds") or [])}
-        if idea in old and (diff := [k for k in now if old[idea].get(k) != now[k]]):
-            raise WidthlabError(f"select: {idea}'s {diff[0]} in {src} is now {now[diff[0]]}, but this sweep recorded "
-                                f"{old[idea].get(diff[0])}: the tuning changed after the selection; restore it, or "
-                                "start a new confirmation sweep (new name and archive)")
-        got = select_idea(idea, raw, tuning, cells, rule, fit_recipe)
+        got = _select_one(idea, raw, old.get(idea), tuning, cells, rule, fit_recipe)
         if "missing" in got:
-            if idea in old:  # recorded before: the confirmation keeps it
-                ideas[idea] = old[idea]
-                continue
-            run = tuning.get("command") or "python -m train sweep --config <tuning recipe>"
             notes.append(f"select: {idea} not selected yet ({got['missing']} tuning run(s) missing at d = "
                          f"{rule['widths']}): {run} --only '[{idea}]'")
             continue
-        if idea in old and (diff := [k for k in ("winner", "overrides") if old[idea].get(k) != got[k]]):
-            raise WidthlabError(f"select: {idea}'s {diff[0]} in {src} is now {got[diff[0]]}, but this sweep recorded "
-                                f"{old[idea].get(diff[0])}: the tuning runs changed after the selection; restore "
-                                "them, or start a new confirmation sweep (new name and archive)")
-        ideas[idea] = old.get(idea) or got
+        ideas[idea] = got
     if not ideas:
         raise WidthlabError(f"nothing to select yet: run the tuning sweep first ({src} has no idea with every "
                             f"value run at d = {rule['widths']})")
     if clash := [v["winner"] for v in ideas.values() if v["winner"] in own]:
         raise WidthlabError(f"arm {clash[0]} is both in arms: and a tuning winner; rename the arm")
-    for idea, v in ideas.items():
-        best = next(x for x in v["values"] if x["arm"] == v["winner"])
-        notes.append(f"select: {idea} → {v['winner']} (mean {rule['loss']} {best['mean']:.4f} over d = "
-                     f"{rule['widths']}, {len(v['values'])} values" + (f"; a tie with {len(v['tied']) - 1} other(s), "
-                     "broken toward the untuned value" if v["tied"] else "") + ")")
+    notes += [_note(idea, v, rule) for idea, v in ideas.items()]
     record = {**rule, "tuning": {"recipe": tuning.get("recipe"), "overrides": tuning.get("overrides") or {},
                                  "command": tuning.get("command"), "seeds": sorted(ideas_seeds)},
-              "baseline_tuning": base, "ideas": ideas}
+              "baseline_tuning": base, "tuned_baseline": tuned_base, "ideas": ideas}
     return Chosen({**own, **{v["winner"]: v["overrides"] for v in ideas.values()}}, record, notes)

@@ -2,8 +2,8 @@
 
 A tuning sweep (an arm with a grid:, widthlab.tuning) only selects values (widthlab.selection_rule); its runs are
 never judged: the winner's tuning runs are biased toward "lowers" by the selection itself (tests/test_selection.py
-measures how much), so compare refuses them and judges the confirmation sweep, whose sweep.json records what was selected, from which
-values, by which rule. This module turns that record into report.md's Selection section.
+measures how much), so compare refuses them and judges the confirmation sweep, whose sweep.json records what was
+selected, from which values, by which rule. This module turns that record into report.md's Selection section.
 """
 from __future__ import annotations
 
@@ -56,11 +56,12 @@ def _edge(grid: dict | None, knobs: dict) -> str:
 
 def selection_lines(records: list[dict] | None) -> list[str]:
     """report.md's Selection section: per idea every value tried with its tuning losses, the winner and the rule;
-    the baseline's own tuning (its LR scan) beside them."""
+    the baseline's own tuning (its grid in the same tuning sweep, first; or an earlier scan) beside them."""
     lines = []
     for rec in records or []:
-        ws, ideas = rec.get("widths") or [], rec.get("ideas") or {}
-        tuning = rec.get("tuning") or {}
+        ws, tb, tuning = rec.get("widths") or [], rec.get("tuned_baseline"), rec.get("tuning") or {}
+        base = tb.get("arm", "baseline") if tb else None
+        ideas = {**({base: tb} if tb else {}), **(rec.get("ideas") or {})}
         rule = RULES.get(rec.get("rule"), str(rec.get("rule"))).format(loss=f"`{rec.get('loss')}`")
         lines += ["", "## Selection (tuning runs: shown, never judged)", "",
                   f"Each tuned arm above is the value its idea's grid chose before these runs, by a rule fixed in the "
@@ -69,7 +70,10 @@ def selection_lines(records: list[dict] | None) -> list[str]:
                   + (f"; values within {rec['tie']:g} nats of the lowest tie" if rec.get("tie") else "")
                   + "; a tie goes to the value closest to the untuned one (|log ratio|), then to the first listed. "
                   "The verdicts above use only this sweep's runs, on seeds the tuning never used: a winner's own "
-                  "tuning runs are biased toward *lowers* by the selection (tests/test_selection.py).", ""]
+                  "tuning runs are biased toward *lowers* by the selection (tests/test_selection.py)."
+                  + (f" The baseline had the ideas' budget: its own grid ({', '.join(tb.get('grid') or {})}) in "
+                     f"the same tuning sweep, chosen by the same rule; this sweep's `{base}` arm runs with its "
+                     "winner, and every verdict above is against it." if tb else ""), ""]
         if tuning.get("command") or tuning.get("overrides"):
             lines += [f"Tuning runs: fit recipe `{tuning.get('recipe')}` with {tuning.get('overrides')}, made by "
                       f"`{tuning.get('command') or 'a command not recorded'}`.", ""]
@@ -78,22 +82,27 @@ def selection_lines(records: list[dict] | None) -> list[str]:
         for idea, v in ideas.items():
             for i, x in enumerate(v.get("values") or []):
                 untuned = all(v.get("default", {}).get(k) == val for k, val in x["knobs"].items())
-                mark = ("**selected**" + (" (tie)" if v.get("tied") else "") + _edge(v.get("grid"), x["knobs"])
+                mark = ("**selected**" + (f": the `{base}` arm" if idea == base else "")
+                        + (" (tie)" if v.get("tied") else "") + _edge(v.get("grid"), x["knobs"])
                         if x["arm"] == v.get("winner") else "tied" if x["arm"] in (v.get("tied") or []) else "")
                 mark += (", " if mark else "") + "untuned value" if untuned else ""
                 lines.append(f"| {idea if i == 0 else ''} | {_knobs(x['knobs'])} | "
                              + " | ".join(_loss(y) for y in x["loss"]) + f" | {_loss(x['mean'])} | {mark} |")
-        lines += _baseline(rec.get("baseline_tuning"))
+        lines += _baseline(rec.get("baseline_tuning"), bool(tb))
     return lines
 
 
-def _baseline(b: dict | None) -> list[str]:
-    """The baseline's tuning budget: its scan's values, per-width losses and the value it runs with."""
+def _baseline(b: dict | None, tuned: bool = False) -> list[str]:
+    """The baseline's tuning budget when it has no grid of its own in the tuning sweep: its scan's values, per-width
+    losses and the value it runs with (with a grid: the scan, if given, as context)."""
     if not b:
-        return ["", "The baseline's settings were not tuned by a recorded scan (select.baseline not given)."]
+        return [] if tuned else ["", "The baseline was not tuned here: no grid of its own in the tuning sweep and no "
+                                     "select.baseline scan, so an idea with `model.lr` in its grid had a tuning budget "
+                                     "the baseline did not."]
     ws = b.get("widths") or []
-    lines = ["", f"The baseline's own tuning, `{b.get('from')}`: {len(b.get('arms') or {})} values at d = "
-             f"{', '.join(map(str, ws))} on seed(s) {b.get('seeds')}"
+    lines = ["", (f"An earlier scan of the baseline's settings, `{b.get('from')}` (context; its value is its grid's "
+                  "above)" if tuned else f"The baseline's own tuning, `{b.get('from')}`")
+             + f": {len(b.get('arms') or {})} values at d = {', '.join(map(str, ws))} on seed(s) {b.get('seeds')}"
              + (f", {b['steps']} steps" if b.get("steps") else "") + "; the baseline runs with the marked one.", "",
              "| scan arm | settings | " + " | ".join(f"d = {w}" for w in ws) + " | mean | |",
              "|---|---|" + "---|" * len(ws) + "---|---|"]
