@@ -189,6 +189,28 @@ def test_a_recorded_selection_cannot_be_changed_after_the_data(tmp_path):
                      recorded=rec)
 
 
+def test_the_confirmations_seeds_and_widths_are_fixed_with_its_selection(tmp_path):
+    """A referee's point (session 10): nothing stopped a confirmation from adding a seed after a non-significant
+    result, which says *lowers* 4.4 % of the time, not 2.5 % (docs/statistics.md §5). Its seeds and widths are
+    recorded with the selection; a later call may run part of that design, never more."""
+    src = write_archive(tmp_path / "tune", TUNE_ARMS, [8], [10], lambda a, d, s: 4.0)
+    call = lambda seeds, widths, arms=None, rec=None: confirm_arms(  # noqa: E731
+        {"from": src}, arms or {"baseline": {}}, seeds, "recipes/ptb_id.yaml", {}, recorded=rec, widths=widths)
+    rec = call([20, 21], [8, 16, 24]).record
+    assert rec["design"] == {"seeds": [20, 21], "widths": [8, 16, 24], "arm_seeds": {"baseline": [20, 21]}}
+    for seeds, widths, arms, what in (([20, 21, 22], [8, 16, 24], None, r"seeds \[22\]"),
+                                      ([20, 21], [8, 16, 24, 32], None, r"widths \[32\]"),
+                                      ([20, 21], [8, 16, 24], {"baseline": {"seeds": [20, 21, 23]}},
+                                       r"arm baseline's seeds \[23\]")):
+        with pytest.raises(WidthlabError, match=r"^select: this confirmation recorded its design with its selection "
+                                                r"\(seeds \[20, 21\], widths \[8, 16, 24\]\), and " + what
+                                                + " are not in it: adding seeds or widths after seeing results biases "
+                                                "the verdict; start a new confirmation sweep"):
+            call(seeds, widths, arms, rec)
+    part = call([21], [16], rec=rec)  # part of the design now: accepted, the record unchanged
+    assert part.record["design"] == rec["design"] and list(part.arms)[0] == "baseline"
+
+
 def test_the_report_flags_a_winner_at_the_edge_of_its_grid(tmp_path):
     """A winner at the lowest or highest of ≥ 3 numeric values was bounded, not tuned: the Selection section says so
     (γ = −3 is the most negative of −0.1 … −3); an inner winner (−0.3), or one of two values, is not flagged."""
@@ -330,6 +352,9 @@ def test_tune_then_confirm_then_compare(env, tmp_path, cache_dir, capsys):
     js = json.loads((docs / "confirm" / "sweep.json").read_text())
     assert js["select"]["ideas"]["zloss"]["winner"] == winner and set(js["arms"]) == {"baseline", winner}
     assert js["arms"]["baseline"] == {"model.lr": base_lr}  # the comparator runs at its own grid's winner
+    assert js["select"]["design"] == {"seeds": [20, 21], "widths": [8, 16, 24], "arm_seeds": {"baseline": [20, 21]}}
+    with pytest.raises(WidthlabError, match=r"seeds \[22\] are not in it: adding seeds or widths after seeing"):
+        sweep(**{**confirm, "seeds": [20, 21, 22]})  # a seed added after the results: refused before any run
     for arm, lr in (("baseline", base_lr), (winner, 1e-2)):  # the idea at the recipe's LR (not in its grid)
         cfg = yaml.safe_load((docs / "confirm" / "runs" / arm / "d16" / "s21" / "config.yaml").read_text())
         assert cfg["model"]["lr"] == lr

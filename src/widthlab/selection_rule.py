@@ -199,14 +199,37 @@ def _note(name: str, v: dict, rule: dict) -> str:
                                              "value" if v["tied"] else "") + ")")
 
 
+def _design(seeds: list[int], widths: list[int] | None, own: dict[str, dict]) -> dict:
+    """The confirmation's own design as sweep.json records it: its seeds, widths and each own arm's seeds."""
+    return {"seeds": sorted(int(s) for s in seeds), "widths": sorted(int(w) for w in widths or []),
+            "arm_seeds": {a: sorted(int(s) for s in ov.get("seeds") or seeds) for a, ov in own.items()}}
+
+
+def _check_design(now: dict, old: dict | None) -> None:
+    """A later call may run part of the recorded design (fewer seeds or widths now), never more or other: seeds
+    added once results are seen make the number of seeds depend on them, which biases the verdict (docs/statistics.md
+    §5: a third seed after a two-seed miss says *lowers* 4.4 % of the time, not 2.5 %)."""
+    if not old:
+        return
+    extra = {"seeds": sorted(set(now["seeds"]) - set(old.get("seeds") or [])),
+             "widths": sorted(set(now["widths"]) - set(old.get("widths") or []))}
+    for a, ss in now["arm_seeds"].items():
+        extra[f"arm {a}'s seeds"] = sorted(set(ss) - set((old.get("arm_seeds") or {}).get(a, old.get("seeds") or [])))
+    if what := [k for k, v in extra.items() if v]:
+        raise WidthlabError(f"select: this confirmation recorded its design with its selection (seeds "
+                            f"{old.get('seeds')}, widths {old.get('widths')}), and {what[0]} {extra[what[0]]} are not "
+                            "in it: adding seeds or widths after seeing results biases the verdict; start a new "
+                            "confirmation sweep (new name and archive) with the larger design")
+
+
 def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str, overrides: dict | None,
-                 recorded: dict | None = None) -> Chosen:
+                 recorded: dict | None = None, widths: list[int] | None = None) -> Chosen:
     """A confirmation sweep's arms: its own (the baseline; no grids) and, per idea of the tuning archive whose
     grid has every run at the tuning widths, the value chosen by the rule, named by its sub-arm. A grid of the
     baseline's own (an arm of its name in the tuning sweep) is its tuning at the ideas' budget: the confirmation's
     baseline runs at that grid's winner (chosen by the same rule) and keeps its name, so every idea is judged
-    against it. Refuses a confirmation seed that was a tuning seed, and a selection that differs from the one
-    sweep.json recorded."""
+    against it. Refuses a confirmation seed that was a tuning seed, a selection that differs from the one
+    sweep.json recorded, and seeds or widths beyond the design recorded with it (part of it is accepted)."""
     rule = check_select(select)
     src = rule["from"]
     tuning, rows = read_archive(src)
@@ -238,6 +261,8 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
         raise WidthlabError(f"confirmation seed(s) {clash} were tuning seeds ({src}"
                             + (f" or {rule['baseline']}" if rule["baseline"] else "") + "): give the confirmation "
                             f"fresh seeds, e.g. seeds: {[max(tuned | mine) + 1 + i for i in range(len(mine))]}")
+    design = _design(seeds, widths, own)
+    _check_design(design, (recorded or {}).get("design"))
     cells = _cells(rows, rule["loss"])
     ideas, notes = {}, []
     old = (recorded or {}).get("ideas") or {}
@@ -294,5 +319,6 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     notes += [_note(idea, v, rule) for idea, v in ideas.items()]
     record = {**rule, "tuning": {"recipe": tuning.get("recipe"), "overrides": tuning.get("overrides") or {},
                                  "command": tuning.get("command"), "seeds": sorted(ideas_seeds)},
-              "baseline_tuning": base, "tuned_baseline": tuned_base, "ideas": ideas}
+              "baseline_tuning": base, "tuned_baseline": tuned_base, "ideas": ideas,
+              "design": (recorded or {}).get("design") or design}
     return Chosen({**own, **{v["winner"]: v["overrides"] for v in ideas.values()}}, record, notes)

@@ -237,13 +237,14 @@ def sweep(*, recipe: str, widths: list[int], seeds: list[int] = [0], arms: dict[
         plan: how the plan's hours are estimated (widthlab.plan.PlanOptions), e.g. {device: h100, mfu: 0.35}
         share_gpu: allow devices > visible GPUs: runs share GPUs round-robin (CUDA_VISIBLE_DEVICES per run)
         select: a confirmation sweep (widthlab.selection_rule): {from: <tuning archive>, rule: mean_loss, widths: [8, 24]}
-            adds each idea's value chosen from the tuning runs of its grid: as an arm, run on these (fresh) seeds
+            adds each idea's value chosen from the tuning runs of its grid: as an arm, run on these (fresh) seeds;
+            these seeds and widths are recorded with the selection, and a later call with others is refused
 
     Returns:
         the path of results.csv
     """
     root = os.path.join(out_dir, name)
-    chosen = confirm_arms(select, arms, seeds, recipe, overrides, _recorded(root, archive, "select")) \
+    chosen = confirm_arms(select, arms, seeds, recipe, overrides, _recorded(root, archive, "select"), widths) \
         if select else None
     if chosen:  # a confirmation sweep: its own arms and each idea's value selected from the tuning runs
         arms = chosen.arms
