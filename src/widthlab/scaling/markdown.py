@@ -175,7 +175,8 @@ def _curve(res: dict, c: dict, pct: str, runs: list[dict]) -> list[str]:
                    "understates the noise at the noisiest widths, so their per-width intervals are too narrow")
     mid, matched = conv.get("midrun", conv), conv.get("matched")
     if matched:
-        out.append(f"- convergence (decides): a matched sweep at {matched['frac'] * 100:.0f} % of the steps "
+        lo, hi = (f"{x * 100:.0f}" for x in matched.get("frac_range") or [matched["frac"]] * 2)
+        out.append(f"- convergence (decides): a matched sweep at {lo if lo == hi else f'{lo}–{hi}'} % of the steps "
                    f"({matched['steps']:g}, its own schedule; {matched['n_runs']} runs, same widths and seeds) gives "
                    f"α = {matched['alpha']:.3f} [{matched['lo']:.3f}, {matched['hi']:.3f}], E = {matched['E']:.3f}; "
                    f"seed-paired {matched.get('estimand', 'α_short − α_full')} = {matched['diff']:+.3f} "
