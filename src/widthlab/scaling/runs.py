@@ -169,19 +169,46 @@ _BY_RULE = {"trainer.max_steps": lambda rule: {k: rule[k] for k in ("tokens_per_
 def _by_rule(r: dict, s: dict | None) -> dict | None:
     """A run trained under its sweep's token budget: each setting the rule gave its width must be what sweep.json
     recorded for it (else it is a real mismatch, refused), and is then compared as the rule itself, so widths and
-    arms may differ in it, but two rules, or a rule and a fixed length, may not."""
-    if s is None or not r.get("_budget"):
+    arms may differ in it, but two rules, or a rule and a fixed length, may not. Its tokens must be the rule's for
+    its own model (_rule_tokens), so an entry edited by hand is refused too."""
+    if not r.get("_budget"):
         return s
     rule, entry = r["_budget"]
     for k, part in _BY_RULE.items():
-        if k not in entry:
+        if s is None or k not in entry:
             continue
         if k in s and s[k] != entry[k]:
             raise WidthlabError(f"{_where(r)} was trained with {k}={s[k]!r}, but its sweep's budget "
                                 f"({describe_rule(rule)}) gives {entry[k]!r}; re-run it with the sweep's command, or "
                                 "compare it on its own")
         s[k] = "budget " + json.dumps(part(rule), sort_keys=True)
+    _rule_tokens(r, rule)
     return s
+
+
+def _rule_tokens(r: dict, rule: dict) -> None:
+    """The run's tokens against its rule, recomputed from the run itself: tokens_per_param × its own parameters (or
+    the token table's entry for its width), within one step's tokens (the sweep rounds up to whole steps). A run
+    that diverged stopped early; a row without tokens, steps or parameter counts cannot be checked."""
+    tokens, steps = r.get("tokens"), r.get("steps")
+    if r.get("status") == "diverged" or not all(isinstance(x, (int, float)) for x in (tokens, steps)) or steps <= 0:
+        return
+    if "tokens_per_param" in rule:
+        per = rule.get("params", "non_embedding")
+        n = r.get("params_nonembed" if per == "non_embedding" else "params")
+        if not isinstance(n, (int, float)):
+            return
+        want = rule["tokens_per_param"] * n
+        how = f"{rule['tokens_per_param']:g} × its {n:g} {per.replace('_', '-')} params"
+    else:
+        want = float((rule.get("tokens") or {}).get(str(r.get("d_model")), math.nan))
+        how = f"the token table's entry for d_model={r.get('d_model')}"
+    step = tokens / steps
+    if not abs(tokens - want) <= step * (1 + 1e-9):
+        raise WidthlabError(f"{_where(r)} trained on {tokens:g} tokens, but its sweep's budget ({describe_rule(rule)}) "
+                            f"gives {want:g} ({how}), more than one step ({step:g} tokens) away: its sweep.json budget "
+                            "entry was not made by the rule (edited by hand?); re-run the sweep command, which "
+                            "rewrites it, and re-run that point")
 
 
 def budget_lines(budget: dict | None) -> list[str]:
