@@ -507,8 +507,11 @@ def _rule_steps(w):
 
 
 def _trained(steps_of):
-    """Each run's steps and tokens as metrics.json records them: steps_of(width), 2048 tokens a step."""
-    return lambda r: r.update(steps=steps_of(int(r["d_model"])), tokens=steps_of(int(r["d_model"])) * 2048)
+    """Each run's steps, tokens and FLOPs as metrics.json records them: steps_of(width), 2048 tokens a step."""
+    def fill(r):
+        n = steps_of(int(r["d_model"]))
+        r.update(steps=n, tokens=n * 2048, flops=6 * int(float(r["params"])) * n * 2048)
+    return fill
 
 
 def _retrain(sweep, arm, w, steps, entry=True):
@@ -548,3 +551,51 @@ def test_a_run_off_its_budget_rule_is_refused_even_when_sweep_json_agrees(tmp_pa
     with pytest.raises(WidthlabError, match=r"baseline d=32 s0 .* trained on 204800 tokens, but .* gives 491520 \(the "
                                             r"token table's entry for d_model=32\)"):
         compare(str(tab), n_boot=10, out=str(tmp_path / "out"))
+
+
+def test_an_arm_given_more_tokens_by_its_budget_says_so_beside_its_delta(tmp_path):
+    """Under a tokens-per-parameter rule an idea that adds parameters trains on more tokens at the same width: its
+    curve-free Δ "at equal width" includes that data, so the report prints the token ratio beside it (the Verdict
+    and the glance table); an arm on the baseline's tokens prints none."""
+    import yaml
+    sweep = _budget_sweep(tmp_path / "s", RULE, _rule_steps)
+    _edit_rows(sweep, _trained(_rule_steps))
+    extra = {w: round(1.1 * 24 * w * w) for w in WIDTHS}  # packed: 10 % more non-embedding params
+    more = {w: math.ceil(20 * extra[w] / 2048) for w in WIDTHS}
+    spec = json.loads((sweep / "sweep.json").read_text())
+    for w in WIDTHS:
+        n = more[w]
+        spec["budget"]["points"][f"packed/d{w}"].update({"trainer.max_steps": n, "tokens": n * 2048,
+                                                         "model.warmup_steps": max(1, round(0.05 * n))})
+        for s in SEEDS:
+            f = sweep / "packed" / f"d{w}" / f"s{s}" / "config.yaml"
+            cfg = yaml.safe_load(f.read_text())
+            cfg["trainer"]["max_steps"], cfg["model"]["warmup_steps"] = n, max(1, round(0.05 * n))
+            f.write_text(yaml.safe_dump(cfg))
+    (sweep / "sweep.json").write_text(json.dumps(spec))
+
+    def packed(r):
+        if r["arm"] == "packed":
+            w = int(r["d_model"])
+            params = int(r["params"]) + extra[w] - 24 * w * w
+            r.update(params_nonembed=extra[w], params=params, steps=more[w], tokens=more[w] * 2048,
+                     flops=6 * params * more[w] * 2048)
+    _edit_rows(sweep, packed)
+    res = compare(str(sweep), n_boot=10, out=str(tmp_path / "out"))
+    ratios = [more[w] / _rule_steps(w) for w in WIDTHS]
+    assert res["pooled"]["packed"]["token_ratio"] == pytest.approx([min(ratios), max(ratios)])
+    label = f"×{min(ratios):.4g}–{max(ratios):.4g}"
+    assert label == "×1.1–1.104"
+    md = (tmp_path / "out" / "report.md").read_text()
+    verdict = next(line for line in md.splitlines() if line.startswith("- **packed**"))
+    assert f"it trained on {label} the baseline's tokens at these widths (its token budget counts its own " \
+           "parameters), so this Δ is at equal width, not at equal data" in verdict
+    glance = md[md.index("## Arms at a glance"):]
+    row = next(line for line in glance.splitlines() if line.startswith("| packed |"))
+    assert f"(tokens {label})" in row and "so its Δ is at equal width, not equal data" in md
+    assert "costs differ (params ×1.01–1.04, FLOPs ×1.11–1.15)" in verdict  # tokens included in its FLOPs
+    # the same sweep before the packed arm's extra parameters: equal tokens, no ratio printed
+    plain = _budget_sweep(tmp_path / "plain", RULE, _rule_steps)
+    _edit_rows(plain, _trained(_rule_steps))
+    res = compare(str(plain), n_boot=10, out=str(tmp_path / "out2"))
+    assert "token_ratio" not in res["pooled"]["packed"] and "tokens ×" not in (tmp_path / "out2" / "report.md").read_text()

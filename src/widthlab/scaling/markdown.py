@@ -277,6 +277,39 @@ def _overlap(res: dict) -> list[str]:
     return out
 
 
+_NO_POOLED = "no curve-free verdict (it needs two seeds that both arms ran at every width they share)"
+
+
+def pooled_text(v: dict | None, same_cost: float) -> str:
+    """An arm's curve-free verdict in words (its entry of report._pooled; None: it has none); same_cost: the
+    fraction of the baseline's params and FLOPs within which an arm counts as costing the same."""
+    if v is None:
+        return _NO_POOLED
+    ws, ss = "/".join(map(str, v["widths"])), "/".join(map(str, v["seeds"]))
+    if v["same_cost"]:
+        cost = (f"params and FLOPs within {same_cost:.1%} of the baseline's, so this is also the verdict at equal "
+                "params and FLOPs")
+    elif v["cost_ratio"]:
+        cost = ("costs differ (" + ", ".join(f"{'params' if k == 'N' else 'FLOPs'} ×{lo:.3g}–{hi:.3g}"
+                                             for k, (lo, hi) in v["cost_ratio"].items())
+                + "): at equal params or FLOPs read the measured-point multipliers")
+    else:
+        cost = "params or FLOPs not recorded for every run, so not known at equal cost"
+    word = {"unavailable": "has no usable test of", "does not detectably change":
+            "does not detectably change (not an equivalence claim: read the interval)"}.get(v["word"], v["word"])
+    data = (f"; it trained on {token_ratio(v)} the baseline's tokens at these widths (its token budget counts its "
+            "own parameters), so this Δ is at equal width, not at equal data" if v.get("token_ratio") else "")
+    return (f"at equal width (m = {ws}) it {word} the loss: mean Δ = {v['diff']:+.4f}, 95 % CI (unadjusted) "
+            f"[{v['lo']:+.4f}, {v['hi']:+.4f}] nats (paired t over seeds {ss}, {v['dof']:.0f} dof, Holm p = "
+            f"{v['p_holm']:.2g}){data}; {cost}")
+
+
+def token_ratio(v: dict) -> str:
+    """'×1.05' or '×1.02–1.05': an arm's training tokens over the baseline's at equal width (its pooled entry)."""
+    lo, hi = (f"{x:.4g}" for x in v["token_ratio"])
+    return f"×{lo}" if lo == hi else f"×{lo}–{hi}"
+
+
 def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
     """One row per arm: its loss change at each width and pooled over them, what it costs, what it does to the
     head's and the embedding's overlap, and its measured-point multiplier — the table to read first when a sweep
@@ -294,7 +327,10 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
            f"mean paired difference over shared seeds where ≥ 2 are shared, else the difference of the cell means); the curve-free Δ over the widths with its "
            f"unadjusted 95 % interval (see Verdict); params and FLOPs/token as ratios to the baseline's; mean cos² of "
            f"the head (raw / centred) and of the input embedding as ratios to the baseline's at {ends}; "
-           f"k_int(m) = the measured-point width multiplier (below).", "",
+           f"k_int(m) = the measured-point width multiplier (below)."
+           + (" (tokens ×r): the arm trained on r × the baseline's tokens at those widths (a token budget that "
+              "counts its own parameters), so its Δ is at equal width, not equal data."
+              if any(p.get("token_ratio") for p in res.get("pooled", {}).values()) else ""), "",
            f"| arm | Δ loss | curve-free Δ | params × | FLOPs/token × | head mean cos² × ({ends}) | embedding mean "
            f"cos² × ({ends}) | k_int(m) |",
            "|---|---|---|---|---|---|---|---|"]
@@ -315,6 +351,8 @@ def glance(res: dict, cells: dict[tuple, list[dict]]) -> list[str]:
         d = " / ".join(f"{x:+.3f}" if math.isfinite(x) else "–" for x in delta)
         p = res.get("pooled", {}).get(a)
         pooled = f"{p['diff']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}]" if p else "–"
+        if p and p.get("token_ratio"):  # a budget rule gave it other tokens: equal width is not equal data
+            pooled += f" (tokens {token_ratio(p)})"
         k = " / ".join(fmt_int(res["interpolated"][a][w]["m"]) if w in res["interpolated"].get(a, {}) else "–"
                        for w in widths)
         head = span(a, "geom_unembed_mean_cos2", "geom_unembed_mean_cos2_centred")

@@ -20,7 +20,7 @@ from widthlab.scaling.curve import CI, curve_checks
 from widthlab.scaling.fit import fit_loglog, fit_scaling
 from widthlab.scaling.inference import Design, boot_p, bootstrap
 from widthlab.scaling.interp import interpolated_equivalent
-from widthlab.scaling.markdown import fmt, interp_line, markdown
+from widthlab.scaling.markdown import fmt, interp_line, markdown, pooled_text
 from widthlab.scaling.runs import (arm_override_keys, check_recipe, flag_limited, load_runs, provenance,
                                    sweep_defaults)
 from widthlab.scaling.outputs import jsonable as _jsonable, write_atomic as _write_atomic
@@ -248,12 +248,21 @@ def _tests(d: Design) -> dict:
 SAME_COST = 0.005
 
 
-def _pooled(d: Design) -> dict:
+def _tokens(fit_runs: list[dict]) -> dict[tuple[str, float], float]:
+    """(arm, width) → the mean training tokens of its runs in the fit (where every one recorded them)."""
+    cells: dict[tuple[str, float], list] = {}
+    for r in fit_runs:
+        cells.setdefault((r["arm"], float(r["d_model"])), []).append(r.get("tokens"))
+    return {k: float(np.mean(v)) for k, v in cells.items() if all(isinstance(x, (int, float)) for x in v)}
+
+
+def _pooled(d: Design, tokens: dict[tuple[str, float], float] | None = None) -> dict:
     """Per arm: the curve-free verdict at equal width, the mean over the shared widths of arm − baseline by a
     paired t over seeds (seedtests.pooled_delta), Holm-adjusted over the arms; and whether the arm's params and
     FLOPs stay within SAME_COST of the baseline's at every one of those widths (then equal width is also equal
-    params and FLOPs)."""
-    b, out = d.baseline, {}
+    params and FLOPs). `tokens` ((arm, width) → training tokens): an arm trained on other tokens than the baseline
+    at some shared width (a budget rule counts its extra parameters) gets its range of ratios as token_ratio."""
+    b, out, tokens = d.baseline, {}, tokens or {}
     for a in d.arms[1:]:
         ws = [w for w in d.widths(a) if (b, w) in d.cells]
         r = pooled_delta({w: d.cells[(a, w)] for w in ws}, {w: d.cells[(b, w)] for w in ws})
@@ -265,33 +274,15 @@ def _pooled(d: Design) -> dict:
         out[a] = {**vars(r), "widths": [int(w) for w in r.widths], "seeds": [int(s) for s in r.seeds],
                   "cost_ratio": {k: [min(v), max(v)] for k, v in ratio.items()},
                   "same_cost": len(ratio) == 2 and all(abs(x - 1) <= SAME_COST for v in ratio.values() for x in v)}
+        tok = [tokens.get((a, float(w)), math.nan) / tokens.get((b, float(w)), math.nan) for w in r.widths]
+        if all(math.isfinite(x) for x in tok) and any(x != 1 for x in tok):  # equal width, not equal data
+            out[a]["token_ratio"] = [min(tok), max(tok)]
     for a, p in zip(out, holm([v["p"] for v in out.values()])):
         out[a]["p_holm"] = p
         v = out[a]
         v["word"] = ("unavailable" if math.isnan(p) else "lowers" if p < 0.05 and v["diff"] < 0 else
                      "raises" if p < 0.05 else "does not detectably change")
     return out
-
-
-_NO_POOLED = "no curve-free verdict (it needs two seeds that both arms ran at every width they share)"
-
-
-def _pooled_text(v: dict) -> str:
-    ws, ss = "/".join(map(str, v["widths"])), "/".join(map(str, v["seeds"]))
-    if v["same_cost"]:
-        cost = (f"params and FLOPs within {SAME_COST:.1%} of the baseline's, so this is also the verdict at equal "
-                "params and FLOPs")
-    elif v["cost_ratio"]:
-        cost = ("costs differ (" + ", ".join(f"{'params' if k == 'N' else 'FLOPs'} ×{lo:.3g}–{hi:.3g}"
-                                             for k, (lo, hi) in v["cost_ratio"].items())
-                + "): at equal params or FLOPs read the measured-point multipliers")
-    else:
-        cost = "params or FLOPs not recorded for every run, so not known at equal cost"
-    word = {"unavailable": "has no usable test of", "does not detectably change":
-            "does not detectably change (not an equivalence claim: read the interval)"}.get(v["word"], v["word"])
-    return (f"at equal width (m = {ws}) it {word} the loss: mean Δ = {v['diff']:+.4f}, 95 % CI (unadjusted) "
-            f"[{v['lo']:+.4f}, {v['hi']:+.4f}] nats (paired t over seeds {ss}, {v['dof']:.0f} dof, Holm p = "
-            f"{v['p_holm']:.2g}); {cost}")
 
 
 def _verdicts(d: Design, boot, curve: dict, pooled: dict) -> dict:
@@ -316,11 +307,11 @@ def _verdicts(d: Design, boot, curve: dict, pooled: dict) -> dict:
             at_cost = (f"; measured-point k_int,C(m): {interp_line(interp, 'C')}"
                        if any(v_["C"]["kind"] != "nan" for v_ in interp.values()) else "")  # none without FLOPs
             v["text"] = (f"no curve verdict: the baseline's curve does not pass its checks ({reasons}); "
-                         + f"{_pooled_text(pooled[a]) if a in pooled else _NO_POOLED}{at_cost}")
+                         + f"{pooled_text(pooled.get(a), SAME_COST)}{at_cost}")
         else:
             v["text"] = (f"{v['N']['word']} the curve at equal params (k_N = {_f(v['N'])}, Holm p = "
                          f"{v['N']['p_holm']:.2g}); {v['C']['word']} it at equal FLOPs (k_C = {_f(v['C'])}, "
-                         f"Holm p = {v['C']['p_holm']:.2g}); " + (_pooled_text(pooled[a]) if a in pooled else _NO_POOLED))
+                         f"Holm p = {v['C']['p_holm']:.2g}); " + (pooled_text(pooled.get(a), SAME_COST)))
     return res
 
 
@@ -392,6 +383,6 @@ def _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap,
         res[name] = {a: _iv(boot, f"{name}/{a}") for a in d.arms}
         res[f"{name}_m"] = {a: per_width("k_m" if name == "k" else name, a) for a in d.arms}
     res["interpolated"] = {a: boot_interp(boot, d, a) for a in d.arms}
-    res["pooled"] = _pooled(d)
+    res["pooled"] = _pooled(d, _tokens([r for r in runs if r["_fit"]]))
     res["verdict"] = _verdicts(d, boot, curve, res["pooled"])
     return res
