@@ -308,8 +308,10 @@ def test_the_packing_docs_tuning_recipes_plan_as_written(tmp_path):
     tune, confirm = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
                      if "select:" in b or "grid:" in b]
     points = plan(tune["recipe"], tune["widths"], tune["seeds"], tune["arms"], {}, str(tmp_path))
-    assert sorted({p.arm for p in points}) == ["logprior@floor=0.0001", "logprior@floor=0.01", "logprior@floor=1e-06",
-                                               "logprior@floor=1e-08"] and len(points) == 8
+    assert list(dict.fromkeys(p.arm for p in points)) == [
+        "baseline@lr=0.001", "baseline@lr=0.003", "baseline@lr=0.01",  # the baseline's own tuning runs first
+        "logprior@floor=1e-08", "logprior@floor=1e-06", "logprior@floor=0.0001", "logprior@floor=0.01"]
+    assert len(points) == 14
     with pytest.raises(WidthlabError, match="^nothing to select yet: run the tuning sweep first"):
         confirm_arms(confirm["select"], confirm["arms"], confirm["seeds"], confirm["recipe"], {})
 
