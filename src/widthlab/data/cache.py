@@ -12,7 +12,6 @@ shards' sizes against meta.json (no re-reading); `verify=True` (`prepare --verif
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -20,14 +19,13 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from widthlab import WidthlabError
 from widthlab.data.build import Limits, bar_interval, tokenize_source
-from widthlab.data.shards import TokenView, hash_file
+from widthlab.data.shards import TokenView, build_lock as _lock, hash_file
 from widthlab.data.sources import SPLITS, Holdout, open_source
 from widthlab.data.tokenizer import bpe_sample, is_hub_name, load_tokenizer, separator_id, train_bpe
 
@@ -97,35 +95,6 @@ def _complete(path: str, verify: bool = False) -> bool:
         return True
     except (OSError, KeyError, ValueError, TypeError):
         return False
-
-
-@contextmanager
-def _lock(path: str):
-    """Exclusive flock on <path>.lock: concurrent sweep points, DDP ranks and SLURM jobs wait for one builder.
-    A builder that fails on bad input removes the lock file while others may wait on it; a lock on a removed
-    file excludes no one, so a waiter that wakes to find it gone (or replaced) locks the file now at the path."""
-    waited = False
-    while True:
-        f = open(path + ".lock", "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not waited:
-                print(f"waiting for another process that is building the token cache {path} ...",
-                      file=sys.stderr, flush=True)
-                waited = True
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            if os.path.samestat(os.fstat(f.fileno()), os.stat(path + ".lock")):
-                break
-        except FileNotFoundError:
-            pass
-        f.close()  # closing drops the lock on the removed file
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
 
 
 def _fingerprint(spec: DataSpec, cache_dir: str):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import lightning as L
-import numpy as np
 import torch
 
 from widthlab import WidthlabError

@@ -10,8 +10,11 @@ DataLoader worker reopens the files instead of receiving a copy of the tokens.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import sys
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -150,3 +153,32 @@ class TokenView:
     def __array__(self, dtype=None, copy=None):
         a = self.to_array()
         return a.astype(dtype) if dtype is not None else a
+
+
+@contextmanager
+def build_lock(path: str):
+    """Exclusive flock on <path>.lock: concurrent sweep points, DDP ranks and SLURM jobs wait for one builder.
+    A builder that fails on bad input removes the lock file while others may wait on it; a lock on a removed
+    file excludes no one, so a waiter that wakes to find it gone (or replaced) locks the file now at the path."""
+    waited = False
+    while True:
+        f = open(path + ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waited:
+                print(f"waiting for another process that is building the token cache {path} ...",
+                      file=sys.stderr, flush=True)
+                waited = True
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path + ".lock")):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # closing drops the lock on the removed file
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()

@@ -27,7 +27,7 @@ import shutil
 import numpy as np
 
 from widthlab import WidthlabError
-from widthlab.data.shards import hash_file
+from widthlab.data.shards import build_lock as _lock, hash_file
 
 _PREFIX = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}
 
@@ -78,7 +78,6 @@ def index_tokens(d: str, cache_dir: str, verify: bool = False) -> str:
     path = os.path.join(cache_dir, key)
     if os.path.isfile(os.path.join(path, "meta.json")) and not verify:
         return path
-    from widthlab.data.cache import _lock
     os.makedirs(cache_dir, exist_ok=True)
     with _lock(path):  # one indexer at a time; the others wait, then read its meta.json
         if os.path.isfile(os.path.join(path, "meta.json")) and not verify:

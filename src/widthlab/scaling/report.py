@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from widthlab import WidthlabError, cli
 from widthlab.scaling import plots

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from widthlab import WidthlabError
-from widthlab.archive import run_settings, settings_differ
+from widthlab.archive import run_settings
 from widthlab.plan import describe_rule
 from widthlab.plan_table import si
 from widthlab.scaling import events
