@@ -93,10 +93,10 @@ def _doc_line(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     global INVOKED
     argv = sys.argv[1:] if argv is None else list(argv)
-    outer, INVOKED = INVOKED, shlex.join(["python", "-m", "train", *argv])
     if argv[:1] in (["-h"], ["--help"]):
         print(help_text())
         return
+    outer, INVOKED = INVOKED, shlex.join(["python", "-m", "train", *argv])
     try:
         check_command(argv)
         if argv and argv[0] in SUBCOMMANDS:
