@@ -47,6 +47,12 @@ class StepCheckpoint(ModelCheckpoint):
             return  # keep the last good checkpoint
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # ModelCheckpoint saves last.ckpt at the end if *it* never saved; ours rarely has (steps < every_n_steps),
+        # and after a divergence that would overwrite the last good checkpoint. The end of a fit is the run's
+        # ModelCheckpoint's to save (it keeps the last good one after a divergence).
+        return
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking or trainer.validating:
             return
