@@ -35,14 +35,18 @@ def sweep(tmp_path_factory, cache_dir):
     out, records = io.StringIO(), []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("lightning.pytorch").addHandler(handler)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.addHandler(handler)
+    # Lightning's default level, whatever earlier tests in this process left (the test is about our filter)
+    level, _ = lightning_log.level, lightning_log.setLevel(logging.INFO)
     t = time.time()
     try:
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
             mp.chdir(REPO)
             main(tiny_args(real, cache_dir, 8, ["--overlap.every_n_steps", "4", "--trainer.val_check_interval", "4"]))
     finally:
-        logging.getLogger("lightning.pytorch").removeHandler(handler)
+        lightning_log.removeHandler(handler)
+        lightning_log.setLevel(level)
     fit_s = time.time() - t
     m = json.load(open(real / "metrics.json"))
     others = {
