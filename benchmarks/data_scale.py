@@ -78,16 +78,18 @@ def pss_tree_mb(pid: int) -> float:
 
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    peak = 0.0
-    while p.poll() is None:
-        peak = max(peak, pss_tree_mb(p.pid))
-        time.sleep(0.1)
-    out, err = p.communicate()
+    # Output goes to files, not pipes: a long build's progress bars would fill a pipe nobody reads until the end.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while p.poll() is None:
+            peak = max(peak, pss_tree_mb(p.pid))
+            time.sleep(0.1)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_pss_mb": peak, "stdout": out, "stderr": err}
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+    return {"wall_s": time.perf_counter() - t0, "peak_pss_mb": peak, "stdout": stdout, "stderr": stderr}
 
 
 def ptb_corpus(dest: str, gb: float, seed: int = 0) -> str:
