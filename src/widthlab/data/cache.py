@@ -25,7 +25,7 @@ import numpy as np
 
 from widthlab import WidthlabError
 from widthlab.data.build import Limits, bar_interval, tokenize_source
-from widthlab.data.shards import TokenView, build_lock as _lock, hash_file
+from widthlab.data.shards import TokenView, build_lock as _lock, hash_file, token_dtype
 from widthlab.data.sources import SPLITS, Holdout, open_source
 from widthlab.data.tokenizer import bpe_sample, is_hub_name, load_tokenizer, separator_id, train_bpe
 
@@ -229,7 +229,7 @@ def _build(spec: DataSpec, source, work: str, limits: Limits, progress: bool) ->
         splits[s] = {**st, "shards": state["shards"][s], "bytes_per_token": st["bytes"] / st["tokens"],
                      "words_per_token": st["words"] / st["tokens"]}
     meta = {"version": FORMAT_VERSION, "source": spec.source, "fingerprint": source.fingerprint,
-            "spec": asdict(spec), "vocab_size": tok.get_vocab_size(), "dtype": _dtype_name(tok.get_vocab_size()),
+            "spec": asdict(spec), "vocab_size": tok.get_vocab_size(), "dtype": token_dtype(tok.get_vocab_size()).name,
             "splits": splits, "unigram_counts": state["unigram"], "notes": source.notes,
             "build_seconds": round(time.time() - t0, 1), "tokenizer_seconds": round(t_tok - t0, 1)}
     with open(os.path.join(work, "meta.json"), "w") as f:
@@ -244,11 +244,6 @@ def _build(spec: DataSpec, source, work: str, limits: Limits, progress: bool) ->
               file=sys.stderr)
     for n in source.notes:
         print(f"note: {n}", file=sys.stderr)
-
-
-def _dtype_name(vocab: int) -> str:
-    from widthlab.data.shards import token_dtype
-    return token_dtype(vocab).name
 
 
 def load_split(path: str, split: str) -> TokenView:
