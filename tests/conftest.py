@@ -6,6 +6,12 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # so recipes can name helpers.CrashAt
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers (pyproject's addopts): one thread each, for torch here and for the fits
+    # they start, since two threads per worker on a 2-core box oversubscribe and crawl.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+    torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

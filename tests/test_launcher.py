@@ -83,25 +83,25 @@ def env(monkeypatch):
 
 
 def test_killed_job_is_recorded_and_a_resubmission_completes_it_once(env, tmp_path, cache_dir, capsys, monkeypatch):
-    """2 widths × 2 seeds as submitit-local jobs; the d64/s1 job is killed mid-run → recorded as failed with its
+    """2 widths as submitit-local jobs; the d64/s0 job is killed mid-run → recorded as failed with its
     logs, the others finish; the same sweep with --wait false resubmits only that point, and a third call finds
     it running (not submitted again), waits, and results.csv lists each point once."""
-    kw = dict(recipe="recipes/smoke.yaml", widths=[32, 64], seeds=[0, 1], name="cl", out_dir=str(tmp_path),
+    kw = dict(recipe="recipes/smoke.yaml", widths=[32, 64], seeds=[0], name="cl", out_dir=str(tmp_path),
               launcher="submitit-local", devices=1)
     root = tmp_path / "cl"
-    kill = [{"class_path": "test_launcher.KillJobAt", "init_args": {"step": 4, "point": "d64/s1"}}]
-    with pytest.raises(WidthlabError, match=r"1 run\(s\) failed, e\.g\. .*d64/s1"):
+    kill = [{"class_path": "test_launcher.KillJobAt", "init_args": {"step": 4, "point": "d64/s0"}}]
+    with pytest.raises(WidthlabError, match=r"1 run\(s\) failed, e\.g\. .*d64/s0"):
         sweep(overrides={**tiny(cache_dir), "trainer.callbacks": kill}, **kw)
     out = capsys.readouterr().out
-    assert re.search(r"baseline d=64 seed=1: FAILED \(the job ended without reporting: killed.*, see "
-                     r".*d64/s1/stdout\.log and .*submitit/\d+_0_log\.out\)", out), out
-    assert out.count(": done in") == 3
+    assert re.search(r"baseline d=64 seed=0: FAILED \(the job ended without reporting: killed.*, see "
+                     r".*d64/s0/stdout\.log and .*submitit/\d+_0_log\.out\)", out), out
+    assert out.count(": done in") == 1
     book = json.loads((root / "submitit" / "jobs.json").read_text())
-    assert sorted(book) == [f"baseline/d{w}/s{s}" for w in (32, 64) for s in (0, 1)]
-    assert book["baseline/d64/s1"]["state"] == "failed" and book["baseline/d64/s1"]["error"]
+    assert sorted(book) == ["baseline/d32/s0", "baseline/d64/s0"]
+    assert book["baseline/d64/s0"]["state"] == "failed" and book["baseline/d64/s0"]["error"]
     assert all(os.path.isfile(r["log"]) for r in book.values())
-    assert rows(root / "results.csv") == [("baseline", 32, 0, 6), ("baseline", 32, 1, 6), ("baseline", 64, 0, 6)]
-    killed = root / "baseline" / "d64" / "s1"
+    assert rows(root / "results.csv") == [("baseline", 32, 0, 6)]
+    killed = root / "baseline" / "d64" / "s0"
     assert (killed / "checkpoints" / "last.ckpt").exists() and not (killed / "metrics.json").exists()
     mtimes = {p: p.stat().st_mtime_ns for p in root.glob("baseline/d*/s*/metrics.json")}
 
@@ -110,9 +110,9 @@ def test_killed_job_is_recorded_and_a_resubmission_completes_it_once(env, tmp_pa
     hold = [{"class_path": "test_launcher.HoldUntil", "init_args": {"marker": str(go)}}]
     sweep(overrides={**tiny(cache_dir), "trainer.callbacks": hold}, wait=False, **kw)
     out = capsys.readouterr().out
-    assert "4 runs, 3 already finished" in out and "1 job(s) queued or running" in out
-    job_id = json.loads((root / "submitit" / "jobs.json").read_text())["baseline/d64/s1"]["job_id"]
-    assert job_id != book["baseline/d64/s1"]["job_id"]
+    assert "2 runs, 1 already finished" in out and "1 job(s) queued or running" in out
+    job_id = json.loads((root / "submitit" / "jobs.json").read_text())["baseline/d64/s0"]["job_id"]
+    assert job_id != book["baseline/d64/s0"]["job_id"]
 
     real = launchers._running
 
@@ -125,12 +125,12 @@ def test_killed_job_is_recorded_and_a_resubmission_completes_it_once(env, tmp_pa
     path = sweep(overrides={**tiny(cache_dir), "trainer.callbacks": hold}, **kw)
     out = capsys.readouterr().out
     assert f"1 point(s) already queued or running (jobs {job_id}): not submitted again" in out, out
-    assert "[1/1] baseline d=64 seed=1: done" in out
-    assert rows(path) == [("baseline", w, s, 6) for w in (32, 64) for s in (0, 1)]  # each point once, complete
+    assert "[1/1] baseline d=64 seed=0: done" in out
+    assert rows(path) == [("baseline", w, 0, 6) for w in (32, 64)]  # each point once, complete
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # finished points were not run again
     log = (killed / "stdout.log").read_text()
     assert "Restored all states from the checkpoint" in log  # resumed from the killed job's last.ckpt
-    assert json.loads((root / "submitit" / "jobs.json").read_text())["baseline/d64/s1"]["state"] == "done"
+    assert json.loads((root / "submitit" / "jobs.json").read_text())["baseline/d64/s0"]["state"] == "done"
 
 
 def test_preempted_job_is_requeued_and_resumes(env, tmp_path, cache_dir, capsys):
