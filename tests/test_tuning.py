@@ -130,6 +130,23 @@ def test_confirmation_selects_per_idea_and_refuses_tuning_seeds(tmp_path):
         confirm_arms({**sel, "rules": "x"}, {}, [20], "recipes/ptb_id.yaml", {})
 
 
+def test_the_family_names_the_ideas_confirmed_and_is_fixed_with_the_selection(tmp_path):
+    # Both ideas tuned, only decay named: z stays out of the confirmation (and of its Holm family), as recorded.
+    src = write_archive(tmp_path / "tune", TUNE_ARMS, [8], [10], lambda a, d, s: 4.0)
+    sel = {"from": src, "family": ["decay"]}
+    got = confirm_arms(sel, {}, [20], "recipes/ptb_id.yaml", {})
+    assert list(got.arms) == ["baseline", "decay@gamma=-1"] and list(got.record["ideas"]) == ["decay"]
+    assert got.record["family"] == ["decay"]
+    assert "Holm family, named in the recipe before the tuning results): decay." in "\n".join(
+        selection_lines([got.record]))
+    with pytest.raises(WidthlabError, match="select.family is .*, but this sweep recorded its selection with"):
+        confirm_arms({**sel, "family": ["decay", "z"]}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=got.record)
+    with pytest.raises(WidthlabError, match=r"select.family: zz has no grid in .* \(its ideas: \['decay', 'z'\]\)"):
+        confirm_arms({**sel, "family": ["zz"]}, {}, [20], "recipes/ptb_id.yaml", {})
+    with pytest.raises(WidthlabError, match="select.family must list the ideas"):
+        confirm_arms({**sel, "family": "decay"}, {}, [20], "recipes/ptb_id.yaml", {})
+
+
 def test_tie_goes_to_the_value_closest_to_the_untuned_one(tmp_path):
     flat = write_archive(tmp_path / "flat", TUNE_ARMS, [8], [10], lambda a, d, s: 4.0)
     got = confirm_arms({"from": flat}, {}, [20], "recipes/ptb_id.yaml", {})

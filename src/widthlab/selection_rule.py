@@ -14,7 +14,9 @@ confirmation's `baseline` arm runs with (the arm keeps its name), so every idea 
 baseline.
 
 The confirmation's sweep.json records the selection: the rule and, per idea and for the baseline, its grid, tuning
-seeds and winner; a later call that changes any of it, or drops a recorded idea, is refused. compare refuses tuning
+seeds and winner; a later call that changes any of it, or drops a recorded idea, is refused. `select.family`
+names the ideas to confirm (the verdicts' Holm family, fixed before the tuning results are read); without it,
+every idea of the tuning archive whose grid is complete. compare refuses tuning
 runs and shows the selection (scaling/selection.py).
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from widthlab import WidthlabError
 from widthlab.tuning import GRID, get_knob, grid_points, short_names
 
 RULES = {"mean_loss": "the lowest mean {loss} over the tuning widths (each width's mean over its tuning seeds)"}
-_SELECT_KEYS = {"from", "rule", "widths", "loss", "tie", "baseline"}
+_SELECT_KEYS = {"from", "rule", "widths", "loss", "tie", "baseline", "family"}
 
 
 @dataclass
@@ -75,7 +77,11 @@ def check_select(select: dict) -> dict:
         raise WidthlabError(f"select: unknown key(s) {bad}; the keys are {sorted(_SELECT_KEYS)}")
     out = {"from": select["from"], "rule": select.get("rule", "mean_loss"), "widths": select.get("widths"),
            "loss": select.get("loss", "val_loss_best"), "tie": float(select.get("tie", 0.0)),
-           "baseline": select.get("baseline")}
+           "baseline": select.get("baseline"), "family": select.get("family")}
+    fam = out["family"]
+    if fam is not None and (not isinstance(fam, list) or not fam or not all(isinstance(i, str) for i in fam)):
+        raise WidthlabError(f"select.family must list the ideas to confirm, e.g. family: [signed_decay, frame] (got "
+                            f"{fam!r})")
     if out["rule"] not in RULES:
         raise WidthlabError(f"select.rule {out['rule']!r} is not known; use one of {sorted(RULES)}")
     if out["loss"] not in ("val_loss_best", "val_loss"):
@@ -245,6 +251,10 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     if not grids:
         raise WidthlabError(f"select.from: {src}/sweep.json has no idea's arm with a grid: to select from; point it "
                             "at a tuning sweep's archive")
+    if rule["family"] is not None:  # the verdicts' Holm family, fixed in the recipe: other tuned ideas stay out
+        if off := [i for i in rule["family"] if i not in grids]:
+            raise WidthlabError(f"select.family: {off[0]} has no grid in {src} (its ideas: {sorted(grids)})")
+        grids = {i: grids[i] for i in rule["family"]}
     tw = sorted(int(w) for w in tuning.get("widths") or [])
     rule["widths"] = sorted(rule["widths"] or tw)
     if off := [w for w in rule["widths"] if w not in tw]:
@@ -266,7 +276,7 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     cells = _cells(rows, rule["loss"])
     ideas, notes = {}, []
     old = (recorded or {}).get("ideas") or {}
-    if recorded and (changed := [k for k in ("from", "rule", "widths", "loss", "tie", "baseline")
+    if recorded and (changed := [k for k in ("from", "rule", "widths", "loss", "tie", "baseline", "family")
                                  if not _same(k, recorded.get(k), rule[k])]):
         raise WidthlabError(f"select.{changed[0]} is {rule[changed[0]]!r}, but this sweep recorded its selection with "
                             f"{recorded.get(changed[0])!r}: a rule is fixed before the runs; start a new confirmation "

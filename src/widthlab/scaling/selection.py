@@ -69,7 +69,9 @@ def selection_lines(records: list[dict] | None) -> list[str]:
                   f"{tuning.get('seeds')} of `{rec.get('from')}`"
                   + (f"; values within {rec['tie']:g} nats of the lowest tie" if rec.get("tie") else "")
                   + "; a tie goes to the value closest to the untuned one (|log ratio|), then to the first listed. "
-                  "The verdicts above use only this sweep's runs, on seeds the tuning never used: a winner's own "
+                  + (f"The ideas confirmed (the Holm family, named in the recipe before the tuning results): "
+                     f"{', '.join(rec['family'])}. " if rec.get("family") else "")
+                  + "The verdicts above use only this sweep's runs, on seeds the tuning never used: a winner's own "
                   "tuning runs are biased toward *lowers* by the selection (tests/test_selection.py)."
                   + (f" The baseline had the ideas' budget: its own grid ({', '.join(tb.get('grid') or {})}) in "
                      f"the same tuning sweep, chosen by the same rule; this sweep's `{base}` arm runs with its "
