@@ -147,6 +147,21 @@ def test_hf_source_is_streamed_and_never_reuses_validation_as_test(tmp_path):
     assert tok.decode(a[: int(np.argmax(a == sep))].tolist()) == c["train"][0]
 
 
+def test_a_literal_separator_inside_a_document_is_text(tmp_path):
+    # One document quotes "<|endoftext|>": the separator token still appears once per document, and the quote
+    # decodes back as written.
+    docs = [f"story {i} about a fox and a dog" for i in range(400)]
+    docs[7] = "the tag <|endoftext|> ends a document in gpt-2 data"
+    (tmp_path / "c.txt").write_text("\n".join(docs) + "\n")
+    path = build_or_load(f"text:{tmp_path / 'c.txt'}", 300, cache_dir=str(tmp_path / "c"), progress=False,
+                         doc_separator="<|endoftext|>")
+    a = np.asarray(load_split(path, "train"))
+    tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    sep = tok.token_to_id("<|endoftext|>")
+    assert (a == sep).sum() == read_meta(path)["splits"]["train"]["docs"]
+    assert "the tag <|endoftext|> ends a document" in tok.decode(a.tolist(), skip_special_tokens=True)  # as text
+
+
 def test_token_view_stitches_shards_and_pickles_without_tokens(tmp_path):
     flat = np.arange(1000, dtype=np.uint16)
     files = []
@@ -194,6 +209,36 @@ def test_pretokenised_shards_skip_the_corpus(tmp_path):
     os.remove(d / "train-00002.bin")
     os.remove(d / "val.bin")
     with pytest.raises(WidthlabError, match="no valid files"):
+        build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
+
+
+def _llmc_shard(path, toks, magic=20240520, version=1, dtype=np.uint16):
+    """A shard as llm.c's data_common.write_datafile writes it: 256 int32 (magic, version, count), then tokens."""
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = magic, version, len(toks)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(toks, dtype=dtype).tobytes())
+
+
+def test_llmc_shards_are_read_after_their_header(tmp_path):
+    d = tmp_path / "toks"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    toks = {n: rng.integers(0, 50257, k) for n, k in (("train_000001.bin", 3000), ("val_000000.bin", 700))}
+    for name, t in toks.items():
+        _llmc_shard(d / name, t)
+    raw = rng.integers(0, 50257, 500).astype(np.uint16)
+    raw.tofile(d / "test.bin")  # a headerless file beside them is read whole
+    (d / "tokens.json").write_text(json.dumps({"vocab_size": 50257, "dtype": "uint16"}))
+    path = build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
+    assert (np.asarray(load_split(path, "train")) == toks["train_000001.bin"]).all()
+    assert (np.asarray(load_split(path, "valid")) == toks["val_000000.bin"]).all()
+    assert (np.asarray(load_split(path, "test")) == raw).all()
+    assert sum(read_meta(path)["unigram_counts"]) == 3000
+    # a Llama 3 shard (uint32) where tokens.json says uint16: one line
+    _llmc_shard(d / "train_000002.bin", [1, 2, 3], magic=20240801, version=7, dtype=np.uint32)
+    with pytest.raises(WidthlabError, match="holds uint32, but tokens.json says uint16"):
         build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
 
 

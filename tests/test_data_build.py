@@ -262,3 +262,41 @@ def test_a_build_killed_just_before_its_rename_is_not_tokenised_again(tmp_path, 
     monkeypatch.setattr(cache, "tokenize_source", lambda *a, **k: pytest.fail("tokenised again"))
     assert build_or_load(src, 300, cache_dir=str(tmp_path / "cache"), progress=False) == path
     assert shard_sums(path) == sums
+
+
+def test_a_stopped_hf_build_resumes_from_the_streams_position(tmp_path, monkeypatch, capsys):
+    """A streamed hf: build stopped after some shards resumes where its stream stood (datasets' state_dict, saved
+    with each shard), without streaming the finished documents again, and ends identical to a fresh build."""
+    from datasets import Dataset
+
+    import widthlab.data.build as build
+    import widthlab.data.sources as sources
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for k in range(3):  # parquet shards of a train split: validation and test are held out by document
+        Dataset.from_dict({"text": [f"doc {k}-{i}: the fox ran {i % 7} times" for i in range(1500)]}) \
+            .to_parquet(str(ds / f"train-{k:05d}.parquet"))
+    kw = dict(cache_dir=str(tmp_path / "cache"), progress=False, holdout_docs=50, shard_tokens=4000,
+              batch_bytes=1 << 12)
+    fresh = build_or_load(f"hf:{ds}", 300, **{**kw, "cache_dir": str(tmp_path / "fresh")})
+    saved, real = [], build._save_state
+
+    def stop_after_five(out, state):
+        real(out, state)
+        saved.append(json.loads(json.dumps(state["streams"])))
+        if len(saved) == 5:
+            raise RuntimeError("stopped")
+    monkeypatch.setattr(build, "_save_state", stop_after_five)
+    with pytest.raises(RuntimeError, match="stopped"):
+        build_or_load(f"hf:{ds}", 300, **kw)
+    done = saved[-1]["train"]["docs"]
+    assert saved[-1]["train"]["position"] and 0 < done < 4500
+    monkeypatch.setattr(build, "_save_state", real)
+    given, next_ = [], sources._Rows.__next__
+    monkeypatch.setattr(sources._Rows, "__next__", lambda self: (next_(self), given.append(1))[0])
+    capsys.readouterr()
+    resumed = build_or_load(f"hf:{ds}", 300, **kw)
+    assert f"resuming the train stream after document {done:,} (from its recorded position)" in capsys.readouterr().err
+    assert len(given) == 4500 - done  # only the documents after the recorded position were streamed
+    assert shard_sums(resumed) == shard_sums(fresh)
+    assert read_meta(resumed)["unigram_counts"] == read_meta(fresh)["unigram_counts"]

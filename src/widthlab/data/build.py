@@ -43,15 +43,18 @@ class Limits:
 
 
 def _batches(docs, batch_bytes: int):
+    """(batch, position): documents of about `batch_bytes`, and where the stream stands after the batch's last one
+    (None where the stream cannot say). The position is read before the next document is pulled."""
+    where = getattr(docs, "position", lambda: None)
     batch, size = [], 0
     for d in docs:
         batch.append(d)
         size += len(d)
         if size >= batch_bytes:
-            yield batch
+            yield batch, where()
             batch, size = [], 0
     if batch:
-        yield batch
+        yield batch, where()
 
 
 def _save_state(out: str, state: dict) -> None:
@@ -110,6 +113,7 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
     stats, cap = state["stats"], limits.max_train_tokens
     sep = np.array([sep_id], dtype=dtype) if sep_id is not None else None
     index, pending = rec["docs"], {s: {"tokens": 0, "bytes": 0, "words": 0, "docs": 0} for s in SPLITS}
+    position = rec.get("position")  # the stream's own position after document `index` (hf: streaming)
     pending_unigram = np.zeros_like(unigram)
 
     def checkpoint(finished: bool) -> None:
@@ -122,7 +126,7 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
                 pending[s][k] = 0
         unigram[:] += pending_unigram
         pending_unigram[:] = 0
-        rec.update(docs=index, done=finished, taken=dict(route.taken) if route else {})
+        rec.update(docs=index, position=position, done=finished, taken=dict(route.taken) if route else {})
         state["unigram"] = unigram.tolist()
         _save_state(out, state)
 
@@ -130,9 +134,10 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
         train_full = cap is not None and stats["train"]["tokens"] + pending["train"]["tokens"] >= cap
         return train_full and (route is None or all(v >= route.docs for v in route.taken.values()))
 
-    def add(batch: list[str], encs) -> bool:
+    def add(batch: list[str], encs, pos: dict | None) -> bool:
         """Route, append and count one tokenised batch; True when the stream has given all it should."""
-        nonlocal index
+        nonlocal index, position
+        position = pos
         by_split: dict[str, list] = {s: [] for s in SPLITS}
         for split, d, e in zip(route.route(index, len(batch)) if route else [stream.split] * len(batch), batch, encs):
             by_split[split].append((d, e.ids))
@@ -168,21 +173,28 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
 
     # Two-stage pipeline: `tokenizers` encodes batch k+1 on its thread pool (it releases the GIL) while this
     # thread routes, writes and counts batch k, so the cores are not idle during the Python part.
-    batches = _batches(stream.open(index), limits.batch_bytes)
+    # A document's text is text: a literal "<|endoftext|>" in it must not become the separator token (tiktoken's
+    # encode_ordinary); the separator is the one id appended after each document.
+    tok.encode_special_tokens = True
+    docs = stream.open(index, position) if position is not None else stream.open(index)
+    if index:
+        how = "from its recorded position" if getattr(docs, "resumed", False) else f"re-reading {index:,} documents"
+        print(f"resuming the {stream.split} stream after document {index:,} ({how})", file=sys.stderr)
+    batches = _batches(docs, limits.batch_bytes)
     if limits.max_docs is not None:
         batches = _first_docs(batches, limits.max_docs - index)
     with ThreadPoolExecutor(1) as pool:
         prev = None
-        for batch in batches:
+        for batch, pos in batches:
             # add_special_tokens=False: a pretrained tokenizer's template (<bos> per input, [CLS]…[SEP]) is not
             # applied; data.doc_separator is the one token put between documents
-            job = (batch, pool.submit(tok.encode_batch_fast, batch, add_special_tokens=False))
-            if prev is not None and add(prev[0], prev[1].result()):
+            job = (batch, pool.submit(tok.encode_batch_fast, batch, add_special_tokens=False), pos)
+            if prev is not None and add(prev[0], prev[1].result(), prev[2]):
                 prev = None
                 break
             prev = job
         if prev is not None:
-            add(prev[0], prev[1].result())
+            add(prev[0], prev[1].result(), prev[2])
     checkpoint(True)
 
 
@@ -199,8 +211,8 @@ def _kept_text(items: list, room: int, sep: bool, tok) -> list[str]:
 
 
 def _first_docs(batches, n: int):
-    for b in batches:
+    for b, pos in batches:
         if n <= 0:
             return
-        yield b[:n]
+        yield b[:n], pos if len(b) <= n else None  # a cut batch ends the stream: no position is needed after it
         n -= len(b)

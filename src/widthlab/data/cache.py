@@ -29,7 +29,8 @@ from widthlab.data.shards import TokenView, build_lock as _lock, hash_file, toke
 from widthlab.data.sources import SPLITS, Holdout, open_source
 from widthlab.data.tokenizer import bpe_sample, is_hub_name, load_tokenizer, separator_id, train_bpe
 
-FORMAT_VERSION = 2
+# 3: a special token's text inside a document (a literal <|endoftext|>) is tokenised as text, not as the token
+FORMAT_VERSION = 3
 log = logging.getLogger(__name__)
 
 

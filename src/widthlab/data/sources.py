@@ -32,9 +32,11 @@ SPLITS = ("train", "valid", "test")
 @dataclass
 class Stream:
     """One ordered stream of documents. `open(skip)` yields the documents after the first `skip` (a resumed build
-    skips what its finished shards hold); `holdout` lists the splits carved out of it (see Holdout)."""
+    skips what its finished shards hold); `holdout` lists the splits carved out of it (see Holdout). A stream that
+    can say where it is (hf: streaming, through datasets' state_dict) returns an iterator with `position()`, and
+    `open(skip, position)` starts there instead of reading the first `skip` documents again."""
     split: str
-    open: Callable[[int], Iterator[str]]
+    open: Callable[..., Iterator[str]]
     holdout: tuple[str, ...] = ()
     nbytes: int | None = None   # for the progress bar's ETA, where cheap to know
 
@@ -161,16 +163,20 @@ def _hf(spec: str, text_column: str, holdout: dict) -> Source:
     if found["train"] is None:
         raise WidthlabError(f"hf:{spec} has no 'train' split (it has {available})")
 
-    def stream_of(split_name: str) -> Callable[[int], Iterator[str]]:
-        def gen(skip: int) -> Iterator[str]:
+    def stream_of(split_name: str) -> Callable[..., Iterator[str]]:
+        def open_(skip: int, position: dict | None = None) -> Iterator[str]:
             from datasets import load_dataset
             ds = load_dataset(name, config or None, split=split_name, streaming=True)
             cols = ds.column_names
             if cols is not None and text_column not in cols:
                 raise WidthlabError(f"hf:{spec} has no column '{text_column}' (columns: {cols}); "
                                     "set data.text_column")
+            ds = ds.select_columns([text_column]) if cols else ds
+            return _Rows(ds, gen, skip, position)
+
+        def gen(rows, skip: int) -> Iterator[str]:
             i = 0
-            for row in ds.select_columns([text_column]) if cols else ds:
+            for row in rows:
                 if text_column not in row:
                     raise WidthlabError(f"hf:{spec} has no column '{text_column}' (columns: {list(row)}); "
                                         "set data.text_column")
@@ -183,7 +189,7 @@ def _hf(spec: str, text_column: str, holdout: dict) -> Source:
                 if i >= skip:
                     yield t if t.endswith("\n") else t + "\n"
                 i += 1
-        return gen
+        return open_
 
     lacking = tuple(s for s in ("valid", "test") if found[s] is None)
     streams = [Stream(s, stream_of(found[s])) for s in ("valid", "test") if found[s]]
@@ -192,6 +198,27 @@ def _hf(spec: str, text_column: str, holdout: dict) -> Source:
              "index" for s in lacking]
     fp = f"{spec}:{text_column}:{builder.hash}:holdout={_holdout_key(lacking, holdout)}"
     return Source(f"hf:{spec}", streams, fingerprint=fp, notes=notes)
+
+
+class _Rows:
+    """A streamed dataset's documents, and where the stream is: `position()` is datasets' state_dict after the last
+    document given out, so a resumed build starts at the next one without streaming the ones before it again."""
+
+    def __init__(self, ds, gen, skip: int, position: dict | None):
+        self.ds, self.resumed = ds, position is not None and hasattr(ds, "load_state_dict")
+        if self.resumed:
+            ds.load_state_dict(position)
+            skip = 0  # the recorded position is after the first `skip` documents
+        self._it = gen(ds, skip)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def position(self) -> dict | None:
+        return self.ds.state_dict() if hasattr(self.ds, "state_dict") else None
 
 
 def open_source(source: str, text_column: str = "text", holdout_docs: int = 1000,

@@ -5,7 +5,7 @@ The directory holds flat token files and a small `tokens.json`:
     my_tokens/
       tokens.json         {"vocab_size": 50257, "dtype": "uint16",               # required
                            "bytes_per_token": {"train": 4.2, "valid": 4.2, "test": 4.2}}   # optional: enables bpb
-      train-00000.bin     raw little-endian token ids (nanoGPT's train.bin, llm.c shards without header) or .npy
+      train-00000.bin     raw little-endian token ids (nanoGPT's train.bin), an llm.c shard, or .npy
       train-00001.bin
       valid.bin           the files of a split are the ones whose name starts with train / valid (or val) / test,
       test.bin            taken in natural order (train-2 before train-10)
@@ -15,6 +15,11 @@ widthlab indexes the files (sizes, unigram counts of train, one pass in bounded 
 `data/cache/<key>/meta.json` and reads them where they are. The key hashes tokens.json and every file's path,
 size and mtime, so a changed file is re-indexed. Bad input (no tokens.json, an empty file, a size that is not a
 multiple of the dtype, a token id ≥ vocab_size) is a one-line error.
+
+llm.c's shards (karpathy/llm.c, dev/data/data_common.py) start with a header of 256 int32: a magic number
+(20240520 for GPT-2's uint16 tokens, 20240801 for Llama 3's uint32), a version and the token count. A .bin file
+that starts with one, and whose count matches its size, is read after the header; its dtype must agree with
+tokens.json. (A raw file whose first two tokens happened to spell the magic would also need that exact count.)
 """
 from __future__ import annotations
 
@@ -45,6 +50,23 @@ def _files(d: str) -> dict[str, list[str]]:
             raise WidthlabError(f"tokens:{d} has no {split} files; name them {split}*.bin or .npy "
                                 "(train, valid and test are all needed; widthlab never reuses one as another)")
     return out
+
+
+LLMC_MAGIC = {20240520: np.dtype(np.uint16), 20240801: np.dtype(np.uint32)}
+LLMC_HEADER = 256 * 4
+
+
+def _llmc_offset(fn: str) -> tuple[int, np.dtype] | None:
+    """(1024, dtype) for an llm.c shard (a 256-int32 header whose magic is known and whose count is the file's
+    token count), else None: a headerless file."""
+    size = os.path.getsize(fn)
+    if size < LLMC_HEADER:
+        return None
+    head = np.fromfile(fn, dtype="<i4", count=3)
+    dt = LLMC_MAGIC.get(int(head[0]))
+    if dt is None or (size - LLMC_HEADER) != int(head[2]) * dt.itemsize:
+        return None
+    return LLMC_HEADER, dt
 
 
 def _npy_offset(fn: str) -> tuple[int, np.dtype]:
@@ -97,8 +119,8 @@ def _index(d: str, files: dict, spec: dict, vocab: int, dtype: np.dtype, key: st
         shards = []
         for f in fs:
             offset = 0
-            if f.endswith(".npy"):
-                offset, fdt = _npy_offset(f)
+            if f.endswith(".npy") or (llmc := _llmc_offset(f)) is not None:
+                offset, fdt = _npy_offset(f) if f.endswith(".npy") else llmc
                 if fdt != dtype:
                     raise WidthlabError(f"{f} holds {fdt}, but tokens.json says {dtype}")
             size = os.path.getsize(f) - offset
