@@ -225,21 +225,49 @@ def test_llmc_shards_are_read_after_their_header(tmp_path):
     d = tmp_path / "toks"
     d.mkdir()
     rng = np.random.default_rng(1)
-    toks = {n: rng.integers(0, 50257, k) for n, k in (("train_000001.bin", 3000), ("val_000000.bin", 700))}
+    toks = {n: rng.integers(0, 50257, k) for n, k in (("fineweb_train_000001.bin", 3000),
+                                                       ("fineweb_val_000000.bin", 700))}  # llm.c's names
     for name, t in toks.items():
         _llmc_shard(d / name, t)
     raw = rng.integers(0, 50257, 500).astype(np.uint16)
     raw.tofile(d / "test.bin")  # a headerless file beside them is read whole
     (d / "tokens.json").write_text(json.dumps({"vocab_size": 50257, "dtype": "uint16"}))
     path = build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
-    assert (np.asarray(load_split(path, "train")) == toks["train_000001.bin"]).all()
-    assert (np.asarray(load_split(path, "valid")) == toks["val_000000.bin"]).all()
+    assert (np.asarray(load_split(path, "train")) == toks["fineweb_train_000001.bin"]).all()
+    assert (np.asarray(load_split(path, "valid")) == toks["fineweb_val_000000.bin"]).all()
     assert (np.asarray(load_split(path, "test")) == raw).all()
     assert sum(read_meta(path)["unigram_counts"]) == 3000
     # a Llama 3 shard (uint32) where tokens.json says uint16: one line
-    _llmc_shard(d / "train_000002.bin", [1, 2, 3], magic=20240801, version=7, dtype=np.uint32)
+    _llmc_shard(d / "fineweb_train_000002.bin", [1, 2, 3], magic=20240801, version=7, dtype=np.uint32)
     with pytest.raises(WidthlabError, match="holds uint32, but tokens.json says uint16"):
         build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
+    # a truncated download: the header counts more tokens than the file holds
+    _llmc_shard(d / "fineweb_train_000002.bin", [1, 2, 3])
+    with open(d / "fineweb_train_000002.bin", "r+b") as f:
+        f.truncate(1024 + 4)
+    with pytest.raises(WidthlabError, match="counts 3 tokens, but the file holds 2.0: it is truncated"):
+        build_or_load(f"tokens:{d}", cache_dir=str(tmp_path / "c"))
+
+
+def test_a_stream_position_is_trusted_only_from_the_same_datasets_and_while_it_moves():
+    import datasets
+
+    from widthlab.data.sources import _Rows
+
+    class Frozen:  # datasets 5.0.x after load_state_dict: the state no longer follows the stream
+        def load_state_dict(self, state):
+            self.loaded = state
+
+        def state_dict(self):
+            return {"shard_example_idx": 7}
+    starts = []
+    gen = lambda ds, skip: starts.append(skip) or iter(["a\n", "b\n"])  # noqa: E731
+    rows = _Rows(Frozen, gen, 7, {"datasets": datasets.__version__, "state": {"shard_example_idx": 7}})
+    assert rows.resumed and starts == [0] and next(rows) == "a\n"
+    assert rows.position() is None  # a frozen state is not recorded: the next resume re-reads and skips
+    other = _Rows(Frozen, gen, 7, {"datasets": "0.0.1", "state": {"shard_example_idx": 7}})
+    assert not other.resumed and starts[-1] == 7  # another version's state: re-read and skip 7 documents
+    assert other.position() == {"datasets": datasets.__version__, "state": {"shard_example_idx": 7}}
 
 
 def test_sampler_is_a_pure_function_of_seed_and_step():

@@ -171,11 +171,20 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
             checkpoint(False)
         return full() or (limits.max_docs is not None and index >= limits.max_docs)
 
-    # Two-stage pipeline: `tokenizers` encodes batch k+1 on its thread pool (it releases the GIL) while this
-    # thread routes, writes and counts batch k, so the cores are not idle during the Python part.
     # A document's text is text: a literal "<|endoftext|>" in it must not become the separator token (tiktoken's
-    # encode_ordinary); the separator is the one id appended after each document.
-    tok.encode_special_tokens = True
+    # encode_ordinary keeps it text too); the separator is the one id appended after each document. The caller's
+    # tokenizer gets its setting back.
+    was, tok.encode_special_tokens = tok.encode_special_tokens, True
+    try:
+        _pipeline(stream, tok, index, position, limits, add)
+    finally:
+        tok.encode_special_tokens = was
+    checkpoint(True)
+
+
+def _pipeline(stream: Stream, tok, index: int, position: dict | None, limits: Limits, add) -> None:
+    """Two-stage pipeline: `tokenizers` encodes batch k+1 on its thread pool (it releases the GIL) while this
+    thread routes, writes and counts batch k (`add`), so the cores are not idle during the Python part."""
     docs = stream.open(index, position) if position is not None else stream.open(index)
     if index:
         how = "from its recorded position" if getattr(docs, "resumed", False) else f"re-reading {index:,} documents"
@@ -190,12 +199,10 @@ def _run_stream(stream: Stream, tok, out, limits: Limits, sep_id, dtype, state, 
             # applied; data.doc_separator is the one token put between documents
             job = (batch, pool.submit(tok.encode_batch_fast, batch, add_special_tokens=False), pos)
             if prev is not None and add(prev[0], prev[1].result(), prev[2]):
-                prev = None
-                break
+                return
             prev = job
         if prev is not None:
             add(prev[0], prev[1].result(), prev[2])
-    checkpoint(True)
 
 
 def _kept_text(items: list, room: int, sep: bool, tok) -> list[str]:

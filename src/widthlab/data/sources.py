@@ -164,15 +164,17 @@ def _hf(spec: str, text_column: str, holdout: dict) -> Source:
         raise WidthlabError(f"hf:{spec} has no 'train' split (it has {available})")
 
     def stream_of(split_name: str) -> Callable[..., Iterator[str]]:
-        def open_(skip: int, position: dict | None = None) -> Iterator[str]:
+        def make():
             from datasets import load_dataset
             ds = load_dataset(name, config or None, split=split_name, streaming=True)
             cols = ds.column_names
             if cols is not None and text_column not in cols:
                 raise WidthlabError(f"hf:{spec} has no column '{text_column}' (columns: {cols}); "
                                     "set data.text_column")
-            ds = ds.select_columns([text_column]) if cols else ds
-            return _Rows(ds, gen, skip, position)
+            return ds.select_columns([text_column]) if cols else ds
+
+        def open_(skip: int, position: dict | None = None) -> Iterator[str]:
+            return _Rows(make, gen, skip, position)
 
         def gen(rows, skip: int) -> Iterator[str]:
             i = 0
@@ -202,23 +204,39 @@ def _hf(spec: str, text_column: str, holdout: dict) -> Source:
 
 class _Rows:
     """A streamed dataset's documents, and where the stream is: `position()` is datasets' state_dict after the last
-    document given out, so a resumed build starts at the next one without streaming the ones before it again."""
+    document given out (with the datasets version that wrote it), so a resumed build starts at the next document
+    instead of streaming all before it again (within the current data file datasets still reads up to the row).
+    A position from another datasets version, or one it cannot load, is not trusted: the stream re-reads and skips."""
 
-    def __init__(self, ds, gen, skip: int, position: dict | None):
-        self.ds, self.resumed = ds, position is not None and hasattr(ds, "load_state_dict")
-        if self.resumed:
-            ds.load_state_dict(position)
-            skip = 0  # the recorded position is after the first `skip` documents
-        self._it = gen(ds, skip)
+    def __init__(self, make, gen, skip: int, position: dict | None):
+        import datasets
+        self.version, self.given, self.loaded, self.resumed = datasets.__version__, 0, None, False
+        self.ds = make()
+        if position and position.get("datasets") == self.version and hasattr(self.ds, "load_state_dict"):
+            try:
+                self.ds.load_state_dict(position["state"])
+                self.resumed, self.loaded, skip = True, position["state"], 0
+            except Exception:  # noqa: BLE001 — a state this stream cannot take: re-read and skip, as for text:
+                self.ds = make()
+        self._it = gen(self.ds, skip)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        return next(self._it)
+        d = next(self._it)
+        self.given += 1
+        return d
 
     def position(self) -> dict | None:
-        return self.ds.state_dict() if hasattr(self.ds, "state_dict") else None
+        if not hasattr(self.ds, "state_dict"):
+            return None
+        state = self.ds.state_dict()
+        if self.resumed and self.given and state == self.loaded:
+            # documents were read since the load but the state did not move (datasets 5.0.x lost track of its
+            # stream after load_state_dict): recording it would restart the next resume at document 0
+            return None
+        return {"datasets": self.version, "state": state}
 
 
 def open_source(source: str, text_column: str = "text", holdout_docs: int = 1000,

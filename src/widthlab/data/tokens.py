@@ -18,8 +18,9 @@ multiple of the dtype, a token id ≥ vocab_size) is a one-line error.
 
 llm.c's shards (karpathy/llm.c, dev/data/data_common.py) start with a header of 256 int32: a magic number
 (20240520 for GPT-2's uint16 tokens, 20240801 for Llama 3's uint32), a version and the token count. A .bin file
-that starts with one, and whose count matches its size, is read after the header; its dtype must agree with
-tokens.json. (A raw file whose first two tokens happened to spell the magic would also need that exact count.)
+that starts with one is read after the header; its dtype must agree with tokens.json, and a count that
+disagrees with the file's size is an error (a truncated download). llm.c's names (fineweb_train_000001.bin)
+are matched by their '_train_' / '_val_' part.
 """
 from __future__ import annotations
 
@@ -42,13 +43,23 @@ def _natural(name: str) -> list:
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
 
 
+def _split_of(name: str) -> list[str]:
+    """The splits a file name names: it starts with the split's word (train-00000.bin, val.bin) or has it as a
+    '_'-separated part (llm.c's fineweb_train_000001.bin, tinyshakespeare_val.bin)."""
+    parts = re.split(r"[_.-]", name)
+    return [s for s, words in _PREFIX.items() if name.startswith(words) or any(p in words for p in parts[1:-1])]
+
+
 def _files(d: str) -> dict[str, list[str]]:
     names = sorted((f for f in os.listdir(d) if f.endswith((".bin", ".npy"))), key=_natural)
-    out = {split: [os.path.join(d, f) for f in names if f.startswith(prefixes)] for split, prefixes in _PREFIX.items()}
+    if two := [f for f in names if len(_split_of(f)) > 1]:
+        raise WidthlabError(f"tokens:{d}: the file name {two[0]} names two splits ({_split_of(two[0])}); rename it")
+    out = {split: [os.path.join(d, f) for f in names if _split_of(f) == [split]] for split in _PREFIX}
     for split, fs in out.items():
         if not fs:
-            raise WidthlabError(f"tokens:{d} has no {split} files; name them {split}*.bin or .npy "
-                                "(train, valid and test are all needed; widthlab never reuses one as another)")
+            raise WidthlabError(f"tokens:{d} has no {split} files; name them {split}*.bin or .npy (train, valid and "
+                                "test are all needed, and widthlab never reuses one as another: llm.c writes no "
+                                "test split, so give it one, e.g. a val shard of its own named test_000000.bin)")
     return out
 
 
@@ -57,15 +68,18 @@ LLMC_HEADER = 256 * 4
 
 
 def _llmc_offset(fn: str) -> tuple[int, np.dtype] | None:
-    """(1024, dtype) for an llm.c shard (a 256-int32 header whose magic is known and whose count is the file's
-    token count), else None: a headerless file."""
+    """(1024, dtype) for an llm.c shard (a 256-int32 header whose magic is known), else None: a headerless
+    file. A header whose count disagrees with the file's size is a truncated shard: an error."""
     size = os.path.getsize(fn)
     if size < LLMC_HEADER:
         return None
     head = np.fromfile(fn, dtype="<i4", count=3)
     dt = LLMC_MAGIC.get(int(head[0]))
-    if dt is None or (size - LLMC_HEADER) != int(head[2]) * dt.itemsize:
+    if dt is None:
         return None
+    if (size - LLMC_HEADER) != int(head[2]) * dt.itemsize:
+        raise WidthlabError(f"{fn} has an llm.c header that counts {int(head[2]):,} tokens, but the file holds "
+                            f"{(size - LLMC_HEADER) / dt.itemsize:,.1f}: it is truncated (download it again)")
     return LLMC_HEADER, dt
 
 
@@ -94,7 +108,7 @@ def index_tokens(d: str, cache_dir: str, verify: bool = False) -> str:
         raise WidthlabError(f"{fn}: dtype {dtype} cannot hold a vocabulary of {vocab}; use uint16 (≤ 65536) "
                             "or uint32 (≤ 2^32)")
     files = _files(d)
-    stamp = [json.dumps(spec, sort_keys=True)] + [f"{f}:{os.path.getsize(f)}:{os.path.getmtime(f)}"
+    stamp = ["tokens index v2 (llm.c headers)", json.dumps(spec, sort_keys=True)] + [f"{f}:{os.path.getsize(f)}:{os.path.getmtime(f)}"
                                                  for s in files for f in files[s]]
     key = "tokens-" + hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, key)
