@@ -278,6 +278,11 @@ def test_the_baseline_tuned_in_the_same_sweep_is_the_comparator(tmp_path):
     src2 = write_archive(tmp_path / "tune2", own_lr, [8, 24], [10], loss)
     got2 = confirm_arms({"from": src2}, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {})
     assert "inherits" not in got2.record["ideas"]["decay"] and got2.arms["decay@gamma=-0.3"]["model.lr"] == 0.02
+    off = {**tune, "decay": {**TUNE_ARMS["decay"], "model.lr": 0.01}}  # an idea at another LR than the baseline's
+    got3 = confirm_arms({"from": write_archive(tmp_path / "tune3", off, [8, 24], [10], loss)}, {"baseline": {}},
+                        [20, 21], "recipes/ptb_id.yaml", {})
+    assert "select: decay sets {'model.lr': 0.01}, the tuned baseline runs with {'model.lr': 0.02}" in "\n".join(
+        got3.notes)
     assert any(n.startswith("select: baseline → baseline@lr=0.02") and "runs with {'model.lr': 0.02}" in n
                for n in got.notes)
     # Its own seeds stay the confirmation's; its overrides are the winner's.

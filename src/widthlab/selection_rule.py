@@ -335,6 +335,10 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
         inherit = {k: x for k, x in ((tuned_base or {}).get("overrides") or {}).items()
                    if k not in raw and k not in raw[GRID]}
         v = ideas[idea] = {k: x for k, x in v.items() if k != "inherits"}
+        if odd := {k: raw[k] for k in ((tuned_base or {}).get("overrides") or {})
+                   if k in raw and raw[k] != tuned_base["overrides"][k]}:
+            notes.append(f"select: {idea} sets {odd}, the tuned {base_name} runs with "
+                         f"{ {k: tuned_base['overrides'][k] for k in odd} }: its verdict compares those too")
         if inherit:
             v["inherits"] = inherit
             notes.append(f"select: {v['winner']} runs with the tuned {base_name}'s {inherit} (not in its grid; its "
