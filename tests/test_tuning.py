@@ -269,6 +269,20 @@ def test_the_baseline_tuned_in_the_same_sweep_is_the_comparator(tmp_path):
     assert tb["winner"] == "baseline@lr=0.02" and tb["arm"] == "baseline" and tb["default"] == {"lr": 0.01}
     assert [v["mean"] for v in tb["values"]] == pytest.approx([4.16, 4.16, 4.06])
     assert set(got.record["ideas"]) == {"decay", "z"}  # the baseline is the comparator, not an idea (Holm family)
+    # The ideas grid no LR: they share the tuned baseline's (else the verdict would compare LRs), and say so.
+    assert got.arms["decay@gamma=-0.3"]["model.lr"] == 0.02 and got.arms["z@coef=1e-05"]["model.lr"] == 0.02
+    assert got.record["ideas"]["decay"]["inherits"] == {"model.lr": 0.02}
+    assert "`decay@gamma=-0.3` runs with the tuned `baseline`'s model.lr = 0.02" in "\n".join(
+        selection_lines([got.record]))
+    own_lr = {**tune, "decay": {**TUNE_ARMS["decay"], "model.lr": 0.02}}  # tuned at the baseline's winner: its own
+    src2 = write_archive(tmp_path / "tune2", own_lr, [8, 24], [10], loss)
+    got2 = confirm_arms({"from": src2}, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {})
+    assert "inherits" not in got2.record["ideas"]["decay"] and got2.arms["decay@gamma=-0.3"]["model.lr"] == 0.02
+    off = {**tune, "decay": {**TUNE_ARMS["decay"], "model.lr": 0.01}}  # an idea at another LR than the baseline's
+    got3 = confirm_arms({"from": write_archive(tmp_path / "tune3", off, [8, 24], [10], loss)}, {"baseline": {}},
+                        [20, 21], "recipes/ptb_id.yaml", {})
+    assert "select: decay sets {'model.lr': 0.01}, the tuned baseline runs with {'model.lr': 0.02}" in "\n".join(
+        got3.notes)
     assert any(n.startswith("select: baseline → baseline@lr=0.02") and "runs with {'model.lr': 0.02}" in n
                for n in got.notes)
     # Its own seeds stay the confirmation's; its overrides are the winner's.
@@ -374,7 +388,7 @@ def test_tune_then_confirm_then_compare(env, tmp_path, cache_dir, capsys):
     assert js["select"]["design"] == {"seeds": [20, 21], "widths": [8, 16, 24], "arm_seeds": {"baseline": [20, 21]}}
     with pytest.raises(WidthlabError, match=r"seeds \[22\] are not in it: adding seeds or widths after seeing"):
         sweep(**{**confirm, "seeds": [20, 21, 22]})  # a seed added after the results: refused before any run
-    for arm, lr in (("baseline", base_lr), (winner, 1e-2)):  # the idea at the recipe's LR (not in its grid)
+    for arm, lr in (("baseline", base_lr), (winner, base_lr)):  # the idea shares the baseline's tuned LR
         cfg = yaml.safe_load((docs / "confirm" / "runs" / arm / "d16" / "s21" / "config.yaml").read_text())
         assert cfg["model"]["lr"] == lr
     with open(docs / "confirm" / "results.csv") as f:

@@ -327,8 +327,25 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     if clash := [v["winner"] for v in ideas.values() if v["winner"] in own]:
         raise WidthlabError(f"arm {clash[0]} is both in arms: and a tuning winner; rename the arm")
     notes += [_note(idea, v, rule) for idea, v in ideas.items()]
+    # What the baseline's grid tuned (its LR) is shared by an idea that neither grids nor sets it: the idea runs at
+    # the tuned value, not at the recipe's one the baseline's own tuning passed over (else the verdict would
+    # compare LRs). Its knob was chosen at the setting its tuning arm ran with; set the knob there to tune at it.
+    for idea, v in ideas.items():
+        raw = grids[idea]
+        inherit = {k: x for k, x in ((tuned_base or {}).get("overrides") or {}).items()
+                   if k not in raw and k not in raw[GRID]}
+        v = ideas[idea] = {k: x for k, x in v.items() if k != "inherits"}
+        if odd := {k: raw[k] for k in ((tuned_base or {}).get("overrides") or {})
+                   if k in raw and raw[k] != tuned_base["overrides"][k]}:
+            notes.append(f"select: {idea} sets {odd}, the tuned {base_name} runs with "
+                         f"{ {k: tuned_base['overrides'][k] for k in odd} }: its verdict compares those too")
+        if inherit:
+            v["inherits"] = inherit
+            notes.append(f"select: {v['winner']} runs with the tuned {base_name}'s {inherit} (not in its grid; its "
+                         "tuning ran at the recipe's value)")
     record = {**rule, "tuning": {"recipe": tuning.get("recipe"), "overrides": tuning.get("overrides") or {},
                                  "command": tuning.get("command"), "seeds": sorted(ideas_seeds)},
               "baseline_tuning": base, "tuned_baseline": tuned_base, "ideas": ideas,
               "design": (recorded or {}).get("design") or design}
-    return Chosen({**own, **{v["winner"]: v["overrides"] for v in ideas.values()}}, record, notes)
+    return Chosen({**own, **{v["winner"]: {**v["overrides"], **(v.get("inherits") or {})} for v in ideas.values()}},
+                  record, notes)

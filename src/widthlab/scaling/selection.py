@@ -90,6 +90,9 @@ def selection_lines(records: list[dict] | None) -> list[str]:
                 mark += (", " if mark else "") + "untuned value" if untuned else ""
                 lines.append(f"| {idea if i == 0 else ''} | {_knobs(x['knobs'])} | "
                              + " | ".join(_loss(y) for y in x["loss"]) + f" | {_loss(x['mean'])} | {mark} |")
+        if shared := [(v["winner"], v["inherits"]) for v in (rec.get("ideas") or {}).values() if v.get("inherits")]:
+            lines += [""] + [f"`{w}` runs with the tuned `{base}`'s {_knobs(x)}: not in its grid, so it shares the "
+                             "baseline's tuned value (its own tuning ran at the recipe's)." for w, x in shared]
         lines += _baseline(rec.get("baseline_tuning"), bool(tb))
     return lines
 
