@@ -161,6 +161,12 @@ def test_incomplete_tuning_waits_and_a_recorded_selection_is_kept(tmp_path):
     got = confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {})
     assert list(got.arms) == ["baseline", "decay@gamma=-3"]
     assert any("z not selected yet (1 tuning run(s) missing" in n for n in got.notes)
+    # the command it names is the tuning's own with this idea's --only (not a second one beside the recorded one)
+    js = json.loads(open(os.path.join(src, "sweep.json")).read())
+    with open(os.path.join(src, "sweep.json"), "w") as f:
+        json.dump({**js, "command": "python -m train sweep --config t.yaml --only '[decay, z]'"}, f)
+    note = next(n for n in confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}).notes if "z not" in n)
+    assert note.endswith("python -m train sweep --config t.yaml --only '[z]'"), note
     with pytest.raises(WidthlabError, match="^nothing to select yet: run the tuning sweep first"):
         confirm_arms({"from": str(tmp_path / "empty")}, {}, [20], "recipes/ptb_id.yaml", {})
     # Recorded, then the tuning data change under it: refused; the rule changed: refused.

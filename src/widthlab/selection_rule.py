@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,7 +282,9 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
         raise WidthlabError(f"select.{changed[0]} is {rule[changed[0]]!r}, but this sweep recorded its selection with "
                             f"{recorded.get(changed[0])!r}: a rule is fixed before the runs; start a new confirmation "
                             "sweep (new name and archive) to select by another")
-    run = tuning.get("command") or "python -m train sweep --config <tuning recipe>"
+    # the tuning's own command, without an --only it was run with (the notes below name the arm to run)
+    run = re.sub(r"\s--only(\s+|=)('[^']*'|\"[^\"]*\"|\S+)", "",
+                 tuning.get("command") or "python -m train sweep --config <tuning recipe>")
     # The comparator: tuned here, or not, as recorded (its runs were made with those settings).
     old_base = (recorded or {}).get("tuned_baseline")
     if recorded and old_base and base_grid is None:

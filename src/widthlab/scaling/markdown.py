@@ -296,7 +296,12 @@ def pooled_text(v: dict | None, same_cost: float) -> str:
     else:
         cost = "params or FLOPs not recorded for every run, so not known at equal cost"
     word = {"unavailable": "has no usable test of", "does not detectably change":
-            "does not detectably change (not an equivalence claim: read the interval)"}.get(v["word"], v["word"])
+            "does not detectably change (not an equivalence claim: read the interval)",
+            "diverged": f"counts as failing on (a run diverged: {v.get('failed')})"}.get(v["word"], v["word"])
+    fam = v.get("family")
+    if fam and fam["with_verdict"] < fam["size"]:  # Holm over the whole pre-registered family, missing ones as p = 1
+        word += (f" [provisional: {fam['with_verdict']} of the {fam['size']} ideas of its Holm family have a test; "
+                 "the others count as p = 1 until they do]")
     data = (f"; it trained on {token_ratio(v)} the baseline's tokens at these widths (its token budget counts its "
             "own parameters), so this Δ is at equal width, not at equal data" if v.get("token_ratio") else "")
     return (f"at equal width (m = {ws}) it {word} the loss: mean Δ = {v['diff']:+.4f}, 95 % CI (unadjusted) "

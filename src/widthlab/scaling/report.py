@@ -23,7 +23,7 @@ from widthlab.scaling.markdown import fmt, interp_line, markdown, pooled_text
 from widthlab.scaling.runs import (arm_override_keys, check_recipe, flag_limited, load_runs, provenance,
                                    sweep_defaults)
 from widthlab.scaling.outputs import jsonable as _jsonable, write_atomic as _write_atomic
-from widthlab.scaling.selection import selections
+from widthlab.scaling.selection import holm_family, selections
 from widthlab.scaling.seedtests import compare_cell, holm, pooled_delta
 
 OVERLAP = [(mat, stat) for mat in ("unembed", "embed") for stat in ("mean_cos2", "mean_cos2_centred")]
@@ -140,7 +140,7 @@ def compare(paths: list[str] | str, baseline: str = "baseline", shared_alpha: bo
     plots.log_to_tensorboard(images, out_dir / "tb_compare")
 
     result = _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap, max_epochs, max_rise,
-                      include_limited, skipped)
+                      include_limited, skipped, chosen)
     result["selection"] = chosen
     result["provenance"] = {**provenance(paths, runs, short_sweep, short),
                             "compare_command": cli.INVOKED if (cli.INVOKED or "").startswith("python -m train compare")
@@ -255,7 +255,8 @@ def _tokens(fit_runs: list[dict]) -> dict[tuple[str, float], float]:
     return {k: float(np.mean(v)) for k, v in cells.items() if all(isinstance(x, (int, float)) for x in v)}
 
 
-def _pooled(d: Design, tokens: dict[tuple[str, float], float] | None = None) -> dict:
+def _pooled(d: Design, tokens: dict[tuple[str, float], float] | None = None, family: list[str] | None = None,
+            failed: dict[str, str] | None = None) -> dict:
     """Per arm: the curve-free verdict at equal width, the mean over the shared widths of arm − baseline by a
     paired t over seeds (seedtests.pooled_delta), Holm-adjusted over the arms; and whether the arm's params and
     FLOPs stay within SAME_COST of the baseline's at every one of those widths (then equal width is also equal
@@ -276,11 +277,22 @@ def _pooled(d: Design, tokens: dict[tuple[str, float], float] | None = None) -> 
         tok = [tokens.get((a, float(w)), math.nan) / tokens.get((b, float(w)), math.nan) for w in r.widths]
         if all(math.isfinite(x) for x in tok) and any(x != 1 for x in tok):  # equal width, not equal data
             out[a]["token_ratio"] = [min(tok), max(tok)]
-    for a, p in zip(out, holm([v["p"] for v in out.values()])):
-        out[a]["p_holm"] = p
-        v = out[a]
+    # A confirmation's family is fixed in advance: Holm over all of it, a member without a usable p (not run yet,
+    # no test, or diverged) counting as p = 1, so the family never shrinks with the data; verdicts stay provisional
+    # until every member has one. Other arms (or any sweep without a selection): Holm over the arms with a p.
+    fam, failed = list(family or []), failed or {}
+    usable = {a: out[a]["p"] for a in fam if a in out and a not in failed and not math.isnan(out[a]["p"])}
+    adjusted = dict(zip(fam, holm([usable.get(a, 1.0) for a in fam]))) if fam else {}
+    rest = [a for a in out if a not in adjusted]
+    adjusted.update(zip(rest, holm([out[a]["p"] for a in rest])))
+    for a, v in out.items():
+        p = v["p_holm"] = adjusted[a]
         v["word"] = ("unavailable" if math.isnan(p) else "lowers" if p < 0.05 and v["diff"] < 0 else
                      "raises" if p < 0.05 else "does not detectably change")
+        if a in fam:
+            v["family"] = {"size": len(fam), "with_verdict": len(usable)}
+            if a in failed:
+                v["word"], v["failed"] = "diverged", failed[a]
     return out
 
 
@@ -357,7 +369,7 @@ def _iv(boot, key: str) -> dict:
 
 
 def _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap, max_epochs, max_rise, include_limited,
-             skipped) -> dict:
+             skipped, chosen: list[dict] | None = None) -> dict:
     b = d.baseline
     per_width = lambda prefix, a: {int(w): _iv(boot, f"{prefix}/{a}/{int(w)}") for w in d.widths(a)}  # noqa: E731
     res = {
@@ -382,6 +394,6 @@ def _summary(d, boot, curve, joint, overlap, tests, runs, n_boot, loss, max_gap,
         res[name] = {a: _iv(boot, f"{name}/{a}") for a in d.arms}
         res[f"{name}_m"] = {a: per_width("k_m" if name == "k" else name, a) for a in d.arms}
     res["interpolated"] = {a: boot_interp(boot, d, a) for a in d.arms}
-    res["pooled"] = _pooled(d, _tokens([r for r in runs if r["_fit"]]))
+    res["pooled"] = _pooled(d, _tokens([r for r in runs if r["_fit"]]), *holm_family(chosen, runs))
     res["verdict"] = _verdicts(d, boot, curve, res["pooled"])
     return res

@@ -118,3 +118,16 @@ def _baseline(b: dict | None, tuned: bool = False) -> list[str]:
         lines.append(f"| {a} | {_knobs(ov)} | " + " | ".join(_loss(y) for y in loss)
                      + f" | {_loss(mean)} | {'**the baseline**' if a == b.get('used') else ''} |")
     return lines
+
+
+def holm_family(chosen: list[dict] | None, runs: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """A confirmation's Holm family, fixed with its selection: per idea of select.family (else every recorded
+    idea) its winner's arm, or the idea's own name while it has none yet; and the family arms with a diverged run
+    (arm → why), which count against the idea."""
+    fam: list[str] = []
+    for rec in chosen or []:
+        ideas = rec.get("ideas") or {}
+        fam += [(ideas.get(i) or {}).get("winner", i) for i in rec.get("family") or list(ideas)]
+    failed = {r["arm"]: f"{r['_why']} at d = {r['d_model']}, seed {r.get('seed')}" for r in runs
+              if r.get("arm") in fam and str(r.get("_why", "")).startswith("diverged")}
+    return fam, failed
