@@ -176,12 +176,38 @@ def test_a_stream_position_is_trusted_only_from_the_same_datasets_and_while_it_m
             return {"shard_example_idx": 7}
     starts = []
     gen = lambda ds, skip: starts.append(skip) or iter(["a\n", "b\n"])  # noqa: E731
-    rows = _Rows(Frozen, gen, 7, {"datasets": datasets.__version__, "state": {"shard_example_idx": 7}})
-    assert rows.resumed and starts == [0] and next(rows) == "a\n"
+    here = {"datasets": datasets.__version__, "state": {"shard_example_idx": 7}}
+    rows = _Rows(Frozen, gen, 7, here)
+    assert rows.resumed and starts == [0] and rows.position() == here  # nothing given out yet: where it resumed
+    assert next(rows) == "a\n"
     assert rows.position() is None  # a frozen state is not recorded: the next resume re-reads and skips
     other = _Rows(Frozen, gen, 7, {"datasets": "0.0.1", "state": {"shard_example_idx": 7}})
     assert not other.resumed and starts[-1] == 7  # another version's state: re-read and skip 7 documents
     assert other.position() == {"datasets": datasets.__version__, "state": {"shard_example_idx": 7}}
+
+
+def test_a_stream_position_the_stream_cannot_take_falls_back_to_skipping():
+    import datasets
+
+    from widthlab.data.sources import _Rows
+
+    class Lazy:  # datasets stores a loaded state and applies it only when iteration starts
+        loaded = None
+
+        def load_state_dict(self, state):
+            self.loaded = state
+
+        def state_dict(self):
+            return {"n": 0}
+
+    def gen(ds, skip):
+        starts.append(skip)
+        if ds.loaded is not None:
+            raise ValueError("state from another shard layout")  # raised at the first document, not at the load
+        yield from ["a\n", "b\n", "c\n"][skip:]
+    starts = []
+    rows = _Rows(Lazy, gen, 2, {"datasets": datasets.__version__, "state": {"n": 99}})
+    assert not rows.resumed and list(rows) == ["c\n"] and starts == [0, 2]  # re-read from the start, skipping 2
 
 
 def test_sampler_is_a_pure_function_of_seed_and_step():

@@ -16,6 +16,7 @@ Word counts (whitespace words + one <eos> per line) are what PTB's word perplexi
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -214,11 +215,18 @@ class _Rows:
         self.ds = make()
         if position and position.get("datasets") == self.version and hasattr(self.ds, "load_state_dict"):
             try:
+                # datasets only stores the state here and applies it when iteration starts, so a state this stream
+                # cannot take shows at the first document: read it now, inside the try, and give it out first
                 self.ds.load_state_dict(position["state"])
-                self.resumed, self.loaded, skip = True, position["state"], 0
+                it = gen(self.ds, 0)
+                self._it = itertools.chain(list(itertools.islice(it, 1)), it)
+                self.resumed, self.loaded = True, position["state"]
+            except WidthlabError:
+                raise
             except Exception:  # noqa: BLE001 — a state this stream cannot take: re-read and skip, as for text:
                 self.ds = make()
-        self._it = gen(self.ds, skip)
+        if not self.resumed:
+            self._it = gen(self.ds, skip)
 
     def __iter__(self):
         return self
@@ -231,8 +239,10 @@ class _Rows:
     def position(self) -> dict | None:
         if not hasattr(self.ds, "state_dict"):
             return None
+        if self.resumed and not self.given:  # the first document was read ahead (above) but not given out
+            return {"datasets": self.version, "state": self.loaded}
         state = self.ds.state_dict()
-        if self.resumed and self.given and state == self.loaded:
+        if self.resumed and state == self.loaded:
             # documents were read since the load but the state did not move (datasets 5.0.x lost track of its
             # stream after load_state_dict): recording it would restart the next resume at document 0
             return None
