@@ -7,18 +7,20 @@ Runs are keyed by seed as real ones are: a seed fixes the initialisation and dat
 every arm at that seed and width, and a configuration (arm, width, seed) is one deterministic run — a confirmation
 that lists the tuning seed re-runs, i.e. reproduces, the very runs that chose the winner. (A referee's finding,
 session 9: the first version drew the confirmation runs independently of the tuning runs, so no leak could show.)
-The rule is selection_rule.select_idea's and the verdict scaling.report._pooled's (seedtests.pooled_delta's paired t over
+The rule is selection_rule.select_idea's and the verdict seedtests.pooled_verdicts' (seedtests.pooled_delta's paired t over
 seeds, Holm over arms, the lowers/raises words): the level tests use a vectorised copy of both, checked equal to the
 code's own on every draw of test_the_simulation_uses_the_codes_own_rule_and_verdict. The false rate does not depend
 on the noise sizes (a seed's effect cancels in the selection and in the paired difference; the rest scales), so
 0.01 nats stands for the committed ≈ 0.004–0.006."""
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from widthlab import WidthlabError
 from widthlab.scaling.inference import Design
-from widthlab.scaling.report import _pooled
+from widthlab.scaling.seedtests import pooled_verdicts as _pooled
 from widthlab.scaling.selection import selections
 from widthlab.selection_rule import select_idea
 from widthlab.tuning import grid_points
@@ -133,9 +135,24 @@ def test_the_holm_family_is_the_pre_registered_one_whatever_the_data():
     assert judged["p_holm"] == pytest.approx(min(1.0, 3 * alone["p"])) and alone["p_holm"] == alone["p"]
     assert judged["family"] == {"size": 3, "with_verdict": 1}
     from widthlab.scaling.markdown import pooled_text
-    assert "[provisional: 1 of the 3 ideas of its Holm family have a test" in pooled_text(judged, 0.005)
+    assert "[provisional: 1 of the 3 ideas of its Holm family have a test or a diverged run" in pooled_text(judged,
+                                                                                                       0.005)
+    assert holm_family(rec + rec, [])[0] == fam  # two compared sweeps with the same selection: each idea once
     runs = [{"arm": "a@x=1", "d_model": 48, "seed": 21, "_why": "diverged at step 900"}]
     fam, failed = holm_family(rec, runs)
     out = _pooled(d, None, fam, failed)["a@x=1"]
     assert out["word"] == "diverged" and "counts as failing on (a run diverged: diverged at step 900 at d = 48" in \
         pooled_text(out, 0.005)
+    # A diverged member is settled: with the other two tested, nothing is provisional any more.
+    cells.update({(a, float(w)): {s: v + 0.001 * rng.normal() for s, v in cells[("baseline", float(w))].items()}
+                  for a in ("b@x=1", "c@x=1") for w in WIDTHS})
+    d3 = Design("baseline", ["baseline", "a@x=1", "b@x=1", "c@x=1"], cells, {})
+    fam, failed = holm_family([{**rec[0], "ideas": {i: {"winner": f"{i}@x=1"} for i in "abc"}}], runs)
+    out = _pooled(d3, None, fam, failed)
+    assert all(out[a]["family"] == {"size": 3, "with_verdict": 3} for a in fam)
+    assert "provisional" not in pooled_text(out["b@x=1"], 0.005)
+    # A member whose seeds all give the same difference has no usable p: "unavailable", not "does not change".
+    cells.update({("b@x=1", float(w)): {s: v + 0.003 for s, v in cells[("baseline", float(w))].items()}
+                  for w in WIDTHS})
+    out = _pooled(Design("baseline", ["baseline", "a@x=1", "b@x=1", "c@x=1"], cells, {}), None, fam, failed)
+    assert math.isnan(out["b@x=1"]["p"]) and out["b@x=1"]["word"] == "unavailable"

@@ -1,5 +1,6 @@
 """Grids over an arm's knobs (widthlab.tuning) and the tuning protocol (widthlab.selection_rule): sub-arm names and
-overrides, the selection rule and its tie-break, fresh seeds, a selection that stays fixed. The end-to-end run with real fits is in test_tuning_e2e.py."""
+overrides, the selection rule and its tie-break, fresh seeds, a selection that stays fixed. The end-to-end run with
+real fits is in test_tuning_e2e.py."""
 import csv
 import json
 import os
@@ -134,7 +135,7 @@ def test_the_family_names_the_ideas_confirmed_and_is_fixed_with_the_selection(tm
     got = confirm_arms(sel, {}, [20], "recipes/ptb_id.yaml", {})
     assert list(got.arms) == ["baseline", "decay@gamma=-1"] and list(got.record["ideas"]) == ["decay"]
     assert got.record["family"] == ["decay"]
-    assert "Holm family, named in the recipe before the tuning results): decay." in "\n".join(
+    assert "Holm family, fixed with the selection before any confirmation run): decay." in "\n".join(
         selection_lines([got.record]))
     with pytest.raises(WidthlabError, match="select.family is .*, but this sweep recorded its selection with"):
         confirm_arms({**sel, "family": ["decay", "z"]}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=got.record)
@@ -158,6 +159,7 @@ def test_incomplete_tuning_waits_and_a_recorded_selection_is_kept(tmp_path):
     got = confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {})
     assert list(got.arms) == ["baseline", "decay@gamma=-3"]
     assert any("z not selected yet (1 tuning run(s) missing" in n for n in got.notes)
+    assert got.record["family"] == ["decay", "z"]  # no select.family: every gridded idea, finished or not, fixed now
     # the command it names is the tuning's own with this idea's --only (not a second one beside the recorded one)
     js = json.loads(open(os.path.join(src, "sweep.json")).read())
     with open(os.path.join(src, "sweep.json"), "w") as f:
@@ -187,9 +189,14 @@ def test_a_recorded_selection_cannot_be_changed_after_the_data(tmp_path):
     # the same call again, the path spelled with a trailing '/': accepted, the first record kept as it was
     again = confirm_arms({"from": src + "/"}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
     assert again.record["ideas"] == rec["ideas"]
+    # an idea added to the tuning recipe after the record: refused (it is not in the recorded Holm family)
+    write_archive(tmp_path / "tune", {**TUNE_ARMS, "y": {**TUNE_ARMS["z"]}}, [8], [10], loss)
+    with pytest.raises(WidthlabError, match=r"select: y has a grid in .* but is not in the Holm family this sweep "
+                                            r"recorded \(decay, z\)"):
+        confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
     # z dropped from the tuning recipe (its tuning sweep re-run without it): refused, not silently left out
     write_archive(tmp_path / "tune", {"decay": TUNE_ARMS["decay"]}, [8], [10], loss)
-    with pytest.raises(WidthlabError, match="select: z was selected and recorded by this sweep, but .* no longer"):
+    with pytest.raises(WidthlabError, match="select: z is in this sweep's recorded selection, but .* no longer"):
         confirm_arms({"from": src}, {}, [20], "recipes/ptb_id.yaml", {}, recorded=rec)
     # decay's grid widened after the selection (the winner unchanged): refused, also while the new value waits
     wider = {**TUNE_ARMS,
@@ -281,6 +288,14 @@ def test_the_baseline_tuned_in_the_same_sweep_is_the_comparator(tmp_path):
     src2 = write_archive(tmp_path / "tune2", own_lr, [8, 24], [10], loss)
     got2 = confirm_arms({"from": src2}, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {})
     assert "inherits" not in got2.record["ideas"]["decay"] and got2.arms["decay@gamma=-0.3"]["model.lr"] == 0.02
+    # a record from before ideas inherited (its runs made at the recipe's LR): refused, not silently switched
+    legacy = {**got.record, "ideas": {i: {k: x for k, x in v.items() if k != "inherits"}
+                                      for i, v in got.record["ideas"].items()}}
+    with pytest.raises(WidthlabError, match=r"select: decay would now run with the tuned baseline's \{'model.lr': "
+                                            r"0.02\}, but this sweep recorded nothing and ran it so"):
+        confirm_arms({"from": src}, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {}, recorded=legacy)
+    assert confirm_arms({"from": src}, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {},
+                        recorded=got.record).arms == got.arms  # the same record again: accepted
     off = {**tune, "decay": {**TUNE_ARMS["decay"], "model.lr": 0.01}}  # an idea at another LR than the baseline's
     got3 = confirm_arms({"from": write_archive(tmp_path / "tune3", off, [8, 24], [10], loss)}, {"baseline": {}},
                         [20, 21], "recipes/ptb_id.yaml", {})

@@ -16,7 +16,7 @@ baseline.
 The confirmation's sweep.json records the selection: the rule and, per idea and for the baseline, its grid, tuning
 seeds and winner; a later call that changes any of it, or drops a recorded idea, is refused. `select.family`
 names the ideas to confirm (the verdicts' Holm family, fixed before the tuning results are read); without it,
-every idea of the tuning archive whose grid is complete. compare refuses tuning
+every idea with a grid in the tuning archive when the selection is first recorded. compare refuses tuning
 runs and shows the selection (scaling/selection.py).
 """
 from __future__ import annotations
@@ -252,10 +252,13 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     if not grids:
         raise WidthlabError(f"select.from: {src}/sweep.json has no idea's arm with a grid: to select from; point it "
                             "at a tuning sweep's archive")
-    if rule["family"] is not None:  # the verdicts' Holm family, fixed in the recipe: other tuned ideas stay out
+    named = rule["family"] is not None
+    if named:  # the verdicts' Holm family, fixed in the recipe: other tuned ideas stay out
         if off := [i for i in rule["family"] if i not in grids]:
             raise WidthlabError(f"select.family: {off[0]} has no grid in {src} (its ideas: {sorted(grids)})")
         grids = {i: grids[i] for i in rule["family"]}
+    elif not (recorded and recorded.get("family") is None):  # (a record from before families were recorded: as is)
+        rule["family"] = list(grids)  # every gridded idea, fixed now, not only those whose tuning has finished
     tw = sorted(int(w) for w in tuning.get("widths") or [])
     rule["widths"] = sorted(rule["widths"] or tw)
     if off := [w for w in rule["widths"] if w not in tw]:
@@ -278,7 +281,7 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
     ideas, notes = {}, []
     old = (recorded or {}).get("ideas") or {}
     if recorded and (changed := [k for k in ("from", "rule", "widths", "loss", "tie", "baseline", "family")
-                                 if not _same(k, recorded.get(k), rule[k])]):
+                                 if (named or k != "family") and not _same(k, recorded.get(k), rule[k])]):
         raise WidthlabError(f"select.{changed[0]} is {rule[changed[0]]!r}, but this sweep recorded its selection with "
                             f"{recorded.get(changed[0])!r}: a rule is fixed before the runs; start a new confirmation "
                             "sweep (new name and archive) to select by another")
@@ -313,10 +316,15 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
         if rule["baseline"] else None
     # A recorded idea stays, with its grid, tuning seeds and winner: dropping one after its runs would shrink the
     # verdicts' Holm family, and widening a grid re-selects on the same data. The first record stands.
-    if gone := [i for i in old if i not in grids]:
-        raise WidthlabError(f"select: {gone[0]} was selected and recorded by this sweep, but {src} no longer has its "
+    fixed = (recorded or {}).get("family") or []
+    if gone := [i for i in [*old, *fixed] if i not in grids]:
+        raise WidthlabError(f"select: {gone[0]} is in this sweep's recorded selection, but {src} no longer has its "
                             "grid: an idea once selected stays in its confirmation; restore its arm in the tuning "
                             "recipe, or start a new confirmation sweep (new name and archive)")
+    if fixed and (new := [i for i in grids if i not in fixed]):
+        raise WidthlabError(f"select: {new[0]} has a grid in {src} but is not in the Holm family this sweep recorded "
+                            f"({', '.join(fixed)}): the family is fixed with the selection; start a new confirmation "
+                            "sweep (new name and archive) to judge it")
     for idea, raw in grids.items():
         got = _select_one(idea, raw, old.get(idea), tuning, cells, rule, fit_recipe)
         if "missing" in got:
@@ -338,6 +346,10 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
         inherit = {k: x for k, x in ((tuned_base or {}).get("overrides") or {}).items()
                    if k not in raw and k not in raw[GRID]}
         v = ideas[idea] = {k: x for k, x in v.items() if k != "inherits"}
+        if idea in old and (old[idea].get("inherits") or {}) != inherit:  # its runs were made with the recorded one
+            raise WidthlabError(f"select: {idea} would now run with the tuned {base_name}'s {inherit or 'nothing'}, "
+                                f"but this sweep recorded {old[idea].get('inherits') or 'nothing'} and ran it so; "
+                                "start a new confirmation sweep (new name and archive)")
         if odd := {k: raw[k] for k in ((tuned_base or {}).get("overrides") or {})
                    if k in raw and raw[k] != tuned_base["overrides"][k]}:
             notes.append(f"select: {idea} sets {odd}, the tuned {base_name} runs with "

@@ -108,8 +108,8 @@ def index_tokens(d: str, cache_dir: str, verify: bool = False) -> str:
         raise WidthlabError(f"{fn}: dtype {dtype} cannot hold a vocabulary of {vocab}; use uint16 (≤ 65536) "
                             "or uint32 (≤ 2^32)")
     files = _files(d)
-    stamp = ["tokens index v2 (llm.c headers)", json.dumps(spec, sort_keys=True)] + [f"{f}:{os.path.getsize(f)}:{os.path.getmtime(f)}"
-                                                 for s in files for f in files[s]]
+    stamp = ["tokens index v2 (llm.c headers)", json.dumps(spec, sort_keys=True)] + [
+        f"{f}:{os.path.getsize(f)}:{os.path.getmtime(f)}" for s in files for f in files[s]]
     key = "tokens-" + hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, key)
     if os.path.isfile(os.path.join(path, "meta.json")) and not verify:
@@ -133,8 +133,8 @@ def _index(d: str, files: dict, spec: dict, vocab: int, dtype: np.dtype, key: st
         shards = []
         for f in fs:
             offset = 0
-            if f.endswith(".npy") or (llmc := _llmc_offset(f)) is not None:
-                offset, fdt = _npy_offset(f) if f.endswith(".npy") else llmc
+            if head := _npy_offset(f) if f.endswith(".npy") else _llmc_offset(f):  # None: a headerless .bin
+                offset, fdt = head
                 if fdt != dtype:
                     raise WidthlabError(f"{f} holds {fdt}, but tokens.json says {dtype}")
             size = os.path.getsize(f) - offset

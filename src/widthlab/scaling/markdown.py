@@ -281,7 +281,7 @@ _NO_POOLED = "no curve-free verdict (it needs two seeds that both arms ran at ev
 
 
 def pooled_text(v: dict | None, same_cost: float) -> str:
-    """An arm's curve-free verdict in words (its entry of report._pooled; None: it has none); same_cost: the
+    """An arm's curve-free verdict in words (its entry of seedtests.pooled_verdicts; None: it has none); same_cost: the
     fraction of the baseline's params and FLOPs within which an arm counts as costing the same."""
     if v is None:
         return _NO_POOLED
@@ -300,8 +300,8 @@ def pooled_text(v: dict | None, same_cost: float) -> str:
             "diverged": f"counts as failing on (a run diverged: {v.get('failed')})"}.get(v["word"], v["word"])
     fam = v.get("family")
     if fam and fam["with_verdict"] < fam["size"]:  # Holm over the whole pre-registered family, missing ones as p = 1
-        word += (f" [provisional: {fam['with_verdict']} of the {fam['size']} ideas of its Holm family have a test; "
-                 "the others count as p = 1 until they do]")
+        word += (f" [provisional: {fam['with_verdict']} of the {fam['size']} ideas of its Holm family have a test or "
+                 "a diverged run; the others count as p = 1 until they do]")
     data = (f"; it trained on {token_ratio(v)} the baseline's tokens at these widths (its token budget counts its "
             "own parameters), so this Δ is at equal width, not at equal data" if v.get("token_ratio") else "")
     return (f"at equal width (m = {ws}) it {word} the loss: mean Δ = {v['diff']:+.4f}, 95 % CI (unadjusted) "

@@ -69,7 +69,7 @@ def selection_lines(records: list[dict] | None) -> list[str]:
                   f"{tuning.get('seeds')} of `{rec.get('from')}`"
                   + (f"; values within {rec['tie']:g} nats of the lowest tie" if rec.get("tie") else "")
                   + "; a tie goes to the value closest to the untuned one (|log ratio|), then to the first listed. "
-                  + (f"The ideas confirmed (the Holm family, named in the recipe before the tuning results): "
+                  + (f"The ideas confirmed (the Holm family, fixed with the selection before any confirmation run): "
                      f"{', '.join(rec['family'])}. " if rec.get("family") else "")
                   + "The verdicts above use only this sweep's runs, on seeds the tuning never used: a winner's own "
                   "tuning runs are biased toward *lowers* by the selection (tests/test_selection.py)."
@@ -128,6 +128,7 @@ def holm_family(chosen: list[dict] | None, runs: list[dict]) -> tuple[list[str],
     for rec in chosen or []:
         ideas = rec.get("ideas") or {}
         fam += [(ideas.get(i) or {}).get("winner", i) for i in rec.get("family") or list(ideas)]
+    fam = list(dict.fromkeys(fam))  # several compared sweeps may record the same selection: each idea counts once
     failed = {r["arm"]: f"{r['_why']} at d = {r['d_model']}, seed {r.get('seed')}" for r in runs
               if r.get("arm") in fam and str(r.get("_why", "")).startswith("diverged")}
     return fam, failed
