@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from widthlab import WidthlabError
-from widthlab.scaling.selection import selection_lines
+from widthlab.scaling.selection import _edge, selection_lines
 from widthlab.sweep import plan
 from widthlab.selection_rule import baseline_tuning, choose, confirm_arms
 from widthlab.tuning import expand_grids, expand_only, short_names, split_arm
@@ -248,6 +248,11 @@ def test_the_report_flags_a_winner_at_the_edge_of_its_grid(tmp_path):
         assert ("at the edge of its grid in gamma" in row) == flagged, row
         z_row = next(line for line in md.splitlines() if "**selected**" in line and "coef" in line)
         assert "edge" not in z_row  # two values: no inside to be at the edge of
+    # a null (width-dependent default) beside the numbers is off the axis: 3 is still the top of 0.3, 1, 3
+    grid = {"model.interventions.0.init_args.init_scale": [None, 0.3, 1.0, 3.0], "model.lr": [0.01, 0.02, 0.04]}
+    assert _edge(grid, {"init_scale": 3.0, "lr": 0.02}) == ", at the edge of its grid in init_scale: the best " \
+                                                           "value may lie beyond it"
+    assert _edge(grid, {"init_scale": None, "lr": 0.02}) == "" and _edge(grid, {"init_scale": 1.0, "lr": 0.02}) == ""
 
 
 def test_the_baselines_lr_scan_is_its_tuning(tmp_path):
@@ -275,6 +280,12 @@ def test_the_baseline_tuned_in_the_same_sweep_is_the_comparator(tmp_path):
     got = confirm_arms({"from": src}, {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {})
     assert list(got.arms) == ["baseline", "decay@gamma=-0.3", "z@coef=1e-05"]  # no baseline@lr=… arm
     assert got.arms["baseline"] == {"model.lr": 0.02}
+    # the baseline's winner is known before any idea's grid is complete: the refusal says it
+    ideas_missing = lambda a, d, s: loss(a, d, s) if a.startswith("baseline") else None  # noqa: E731
+    with pytest.raises(WidthlabError, match=r"^nothing to select yet: .*; baseline's own tuning selected "
+                                            r"baseline@lr=0.02 \(\{'model.lr': 0.02\}\)$"):
+        confirm_arms({"from": write_archive(tmp_path / "base_only", tune, [8, 24], [10], ideas_missing)},
+                     {"baseline": {}}, [20, 21], "recipes/ptb_id.yaml", {})
     tb = got.record["tuned_baseline"]
     assert tb["winner"] == "baseline@lr=0.02" and tb["arm"] == "baseline" and tb["default"] == {"lr": 0.01}
     assert [v["mean"] for v in tb["values"]] == pytest.approx([4.16, 4.16, 4.06])

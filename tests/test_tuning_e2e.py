@@ -72,6 +72,7 @@ def test_tune_then_confirm_then_compare(env, tmp_path, cache_dir, capsys):
     md = (tmp_path / "report" / "report.md").read_text()
     sel = md[md.index("## Selection"):]
     assert md.index("## Verdict") < md.index("## Selection") < md.index("## Figures")
+    assert "In this confirmation the curve-free verdicts are Holm-adjusted over its family" in md
     assert "coef = 0.0001" in sel and "coef = 3" in sel and "**selected**" in sel and "untuned value" in sel
     assert f"{tuned[winner]:.4f}" in sel and f"{tuned[f'baseline@lr={base_lr:g}']:.4f}" in sel
     assert "| baseline | lr = 0.01 |" in sel and "**selected**: the `baseline` arm" in sel

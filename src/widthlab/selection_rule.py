@@ -332,9 +332,11 @@ def confirm_arms(select: dict, arms: dict | None, seeds: list[int], recipe: str,
                          f"{rule['widths']}): {run} --only '[{idea}]'")
             continue
         ideas[idea] = got
-    if not ideas:
+    if not ideas:  # (the baseline's winner, when known, is what the ideas' tuning arms may set meanwhile)
         raise WidthlabError(f"nothing to select yet: run the tuning sweep first ({src} has no idea with every "
-                            f"value run at d = {rule['widths']})")
+                            f"value run at d = {rule['widths']})" + (
+                                f"; {base_name}'s own tuning selected {tuned_base['winner']} "
+                                f"({tuned_base['overrides']})" if tuned_base else ""))
     if clash := [v["winner"] for v in ideas.values() if v["winner"] in own]:
         raise WidthlabError(f"arm {clash[0]} is both in arms: and a tuning winner; rename the arm")
     notes += [_note(idea, v, rule) for idea, v in ideas.items()]

@@ -102,6 +102,10 @@ def markdown(res: dict, runs: list[dict], figs: dict) -> str:
               "loss when p < 0.05, else *does not detectably change* it (not an equivalence claim; the printed "
               "interval is unadjusted). Per-width Δ tests below are descriptive; each kind of verdict is corrected "
               "over the arms, not across kinds.", ""]
+    if res.get("selection"):  # a confirmation: the curve-free verdicts' family is fixed, not "the arms"
+        lines += ["In this confirmation the curve-free verdicts are Holm-adjusted over its family, the ideas fixed "
+                  "with the selection (below), whatever the data: a member without a test yet counts as p = 1 and "
+                  "the others' verdicts say *provisional*; a member with a diverged run counts as failing.", ""]
     lines += [f"- **{a}**: {v['text']}" for a, v in res["verdict"].items()] or ["- only the baseline arm was given"]
     lines += selection_lines(res.get("selection"))  # a confirmation sweep: what its tuned arms were chosen from
     lines += ["", "## Figures", ""] + [f"![{n}]({n}.png)" for n in figs]

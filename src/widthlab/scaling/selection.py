@@ -47,10 +47,11 @@ def _knobs(knobs: dict) -> str:
 
 def _edge(grid: dict | None, knobs: dict) -> str:
     """', at the edge of its grid in <knob>' when the winner takes the lowest or highest of a knob's ≥ 3 numeric
-    values: then the best value may lie beyond the grid, and the idea was not tuned in that knob, only bounded."""
+    values: then the best value may lie beyond the grid, and the idea was not tuned in that knob, only bounded.
+    Other values beside the numbers (null: a width-dependent default such as unit-norm's √m) are not on the axis."""
+    num = lambda y: isinstance(y, (int, float)) and not isinstance(y, bool)  # noqa: E731
     at = [k for (_, vals), (k, val) in zip((grid or {}).items(), knobs.items())
-          if len(vals) >= 3 and all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in vals)
-          and val in (min(vals), max(vals))]
+          if num(val) and len(xs := [y for y in vals if num(y)]) >= 3 and val in (min(xs), max(xs))]
     return f", at the edge of its grid in {', '.join(at)}: the best value may lie beyond it" if at else ""
 
 
