@@ -1,7 +1,6 @@
 """End to end through `python -m train` (in-process): TensorBoard tags, metrics.json, exact resume, and bad input."""
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -132,7 +131,11 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, cache_dir, capsys, e
 def test_resume_guards(tmp_path, cache_dir, capsys):
     root = tmp_path / "run"
     _fails(tiny_args(root, cache_dir, 4, ["--ckpt_path", "last"]), capsys, "nothing to resume")
+    test_best = lambda r: ["test", *tiny_args(r, cache_dir, 4, ["--ckpt_path", "best"])[1:]]  # noqa: E731
+    _fails(test_best(root), capsys, "--ckpt_path best: ")  # nothing trained yet: one line
     run(tiny_args(root, cache_dir, 4))
+    run(test_best(root))  # the README's `test --ckpt_path best`, in a new process: the run's best.ckpt
+    assert "test/loss" in scalars(root)
     _fails(tiny_args(root, cache_dir, 4), capsys, "already holds a run")
     other = tiny_args(tmp_path / "other", cache_dir, 4,
                       ["--model.d_model", "64", "--ckpt_path", str(root / "checkpoints/last.ckpt")])

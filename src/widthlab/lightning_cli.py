@@ -107,11 +107,24 @@ class WidthlabCLI(LightningCLI):
         if sub.get("ckpt_path") == "last" and not os.path.exists(last):
             raise WidthlabError(f"nothing to resume: {last} does not exist; drop --ckpt_path to start the run")
 
+    def _best(self) -> None:
+        """`--ckpt_path best` in a new process: Lightning knows a best checkpoint only inside the fit that wrote it
+        (elsewhere it raises with a traceback); the run's own checkpoints/best.ckpt is that checkpoint."""
+        sub = self.config_init[self.subcommand]
+        if sub.get("ckpt_path") == "best" and getattr(self.trainer.checkpoint_callback, "best_model_path", "") == "":
+            best = os.path.join(self.trainer.default_root_dir, "checkpoints", "best.ckpt")
+            if not os.path.isfile(best):
+                raise WidthlabError(f"--ckpt_path best: {best} does not exist; train the run first (python -m train "
+                                    "fit with the same --config) or give a checkpoint's path")
+            sub["ckpt_path"] = best
+
     def before_validate(self) -> None:
         self._ckpt_defaults()
+        self._best()
 
     def before_test(self) -> None:
         self._ckpt_defaults()
+        self._best()
 
 
 def check_ckpt_path(path: str | None) -> None:
