@@ -100,19 +100,22 @@ class WidthlabCLI(LightningCLI):
     def before_fit(self) -> None:
         self._ckpt_defaults()
         sub = self.config_init["fit"]
-        last = os.path.join(self.trainer.default_root_dir, "checkpoints", "last.ckpt")
+        last = self._ckpt_file("last")
         if sub.get("ckpt_path") is None and os.path.exists(last):
             raise WidthlabError(f"{self.trainer.default_root_dir} already holds a run; resume it with "
                                 "--ckpt_path last, or start a new one with --trainer.default_root_dir runs/<new name>")
         if sub.get("ckpt_path") == "last" and not os.path.exists(last):
             raise WidthlabError(f"nothing to resume: {last} does not exist; drop --ckpt_path to start the run")
 
+    def _ckpt_file(self, name: str) -> str:
+        return os.path.join(self.trainer.default_root_dir, "checkpoints", f"{name}.ckpt")
+
     def _best(self) -> None:
-        """`--ckpt_path best` in a new process: Lightning knows a best checkpoint only inside the fit that wrote it
-        (elsewhere it raises with a traceback); the run's own checkpoints/best.ckpt is that checkpoint."""
+        """`--ckpt_path best` for validate/test: Lightning knows a best checkpoint only inside the fit that wrote it
+        (a validate/test process never is one: it raises with a traceback); the run's checkpoints/best.ckpt is it."""
         sub = self.config_init[self.subcommand]
-        if sub.get("ckpt_path") == "best" and getattr(self.trainer.checkpoint_callback, "best_model_path", "") == "":
-            best = os.path.join(self.trainer.default_root_dir, "checkpoints", "best.ckpt")
+        if sub.get("ckpt_path") == "best":
+            best = self._ckpt_file("best")
             if not os.path.isfile(best):
                 raise WidthlabError(f"--ckpt_path best: {best} does not exist; train the run first (python -m train "
                                     "fit with the same --config) or give a checkpoint's path")

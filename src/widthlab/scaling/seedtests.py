@@ -101,13 +101,12 @@ def pooled_delta(arm: dict[float, dict[int, float]], base: dict[float, dict[int,
 SAME_COST = 0.005
 
 
-def pooled_verdicts(d: "Design", tokens: dict[tuple[str, float], float] | None = None, family: list[str] | None = None,
-            failed: dict[str, str] | None = None) -> dict:
+def pooled_verdicts(d: Design, tokens: dict[tuple[str, float], float] | None = None,
+                    family: list[str] | None = None, failed: dict[str, str] | None = None) -> dict:
     """Per arm: the curve-free verdict at equal width, the mean over the shared widths of arm − baseline by a
-    paired t over seeds (seedtests.pooled_delta), Holm-adjusted over a confirmation's fixed `family` (see below) or
-    else over the arms; and whether the arm's params and
-    FLOPs stay within SAME_COST of the baseline's at every one of those widths (then equal width is also equal
-    params and FLOPs). `tokens` ((arm, width) → training tokens): an arm trained on other tokens than the baseline
+    paired t over seeds (pooled_delta), Holm-adjusted over a confirmation's fixed `family` (see below) or else over
+    the arms; and whether the arm's params and FLOPs stay within SAME_COST of the baseline's at every one of those
+    widths (then equal width is also equal params and FLOPs). `tokens` ((arm, width) → training tokens): an arm trained on other tokens than the baseline
     at some shared width (a budget rule counts its extra parameters) gets its range of ratios as token_ratio."""
     b, out, tokens = d.baseline, {}, tokens or {}
     for a in d.arms[1:]:
