@@ -29,5 +29,6 @@ reports: $(VENV)/.ready
 	$(BIN)/python -m train compare docs/results/ptb_narrow_long --n_boot 1000
 	$(BIN)/python -m train compare "[docs/results/ptb_narrow_sweep, docs/results/ptb_narrow_arms]" \
 		--out docs/results/ptb_narrow_arms --n_boot 1000
+	$(BIN)/python -m train compare docs/results/ptb_narrow_confirm --n_boot 1000
 
 .PHONY: setup smoke test reports
