@@ -30,5 +30,8 @@ reports: $(VENV)/.ready
 	$(BIN)/python -m train compare "[docs/results/ptb_narrow_sweep, docs/results/ptb_narrow_arms]" \
 		--out docs/results/ptb_narrow_arms --n_boot 1000
 	$(BIN)/python -m train compare docs/results/ptb_narrow_confirm --n_boot 1000
+	$(BIN)/python -m train compare docs/results/ptb_narrow_control --n_boot 1000
+	$(BIN)/python -m train compare docs/results/ptb_narrow_control --baseline no_embed_decay \
+		--out docs/results/ptb_narrow_control/vs_no_embed_decay --n_boot 1000
 
 .PHONY: setup smoke test reports
