@@ -370,3 +370,12 @@ def test_an_arm_with_one_run_still_reports(tmp_path):
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
     res = compare(str(tmp_path / "r.csv"), n_boot=20, out=str(tmp_path / "out"))
     assert (tmp_path / "out" / "multiplier_measured.png").is_file() and "packed" in res["verdict"]
+
+
+def test_compare_figures_replace_the_previous_ones(tmp_path):
+    """A second compare replaces its TensorBoard figures instead of adding a second events file beside them."""
+    from widthlab.scaling.plots import log_to_tensorboard
+    img = {"loss_vs_width": np.zeros((4, 4, 4), dtype=np.uint8)}
+    log_to_tensorboard(img, tmp_path / "tb_compare")
+    log_to_tensorboard(img, tmp_path / "tb_compare")
+    assert len(list((tmp_path / "tb_compare").glob("events.out.tfevents.*"))) == 1

@@ -184,6 +184,10 @@ def log_to_tensorboard(images: dict[str, np.ndarray], logdir: Path) -> None:
     them next to the runs."""
     from torch.utils.tensorboard import SummaryWriter  # torch import is slow; only pay it here
 
+    # The directory holds only these figures: a re-run replaces them, else every `compare` would add another
+    # events file and TensorBoard would show each figure once per run.
+    for old in Path(logdir).glob("events.out.tfevents.*"):
+        old.unlink()
     writer = SummaryWriter(str(logdir))
     try:
         for name, rgba in images.items():
