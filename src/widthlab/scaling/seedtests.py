@@ -106,8 +106,9 @@ def pooled_verdicts(d: Design, tokens: dict[tuple[str, float], float] | None = N
     """Per arm: the curve-free verdict at equal width, the mean over the shared widths of arm − baseline by a
     paired t over seeds (pooled_delta), Holm-adjusted over a confirmation's fixed `family` (see below) or else over
     the arms; and whether the arm's params and FLOPs stay within SAME_COST of the baseline's at every one of those
-    widths (then equal width is also equal params and FLOPs). `tokens` ((arm, width) → training tokens): an arm trained on other tokens than the baseline
-    at some shared width (a budget rule counts its extra parameters) gets its range of ratios as token_ratio."""
+    widths (then equal width is also equal params and FLOPs). `tokens` ((arm, width) → training tokens): an arm
+    trained on other tokens than the baseline at some shared width (a budget rule counts its extra parameters) gets
+    its range of ratios as token_ratio."""
     b, out, tokens = d.baseline, {}, tokens or {}
     for a in d.arms[1:]:
         ws = [w for w in d.widths(a) if (b, w) in d.cells]
